@@ -1,0 +1,24 @@
+"""Shared parameter documentation, substituted into docstrings with :func:`inject_docs`."""
+
+from __future__ import annotations
+
+_PARAMS = {
+    "data": "data\n    A :class:`~spatialdata.SpatialData` (its table ``table_key`` is used) or an\n    :class:`~anndata.AnnData`.",
+    "table_key": "table_key\n    Name of the table in a SpatialData; ignored for an AnnData.",
+    "copy": "copy\n    Return a modified copy instead of writing in place.",
+    "overwrite": "overwrite\n    Replace an existing result under the same key; otherwise an existing key raises\n    :class:`KeyError`.",
+    "key_added": "key_added\n    Key under which the result is written.",
+    "device": "device\n    Torch device; ``None`` uses :attr:`histodecon.settings.device`.",
+}
+
+
+def inject_docs(func):
+    """Replace ``{{name}}`` placeholders in a docstring with the shared parameter docs.
+
+    Placeholders sit at the parameter indentation of a numpydoc docstring (4 spaces).
+    """
+    doc = func.__doc__
+    for name, text in _PARAMS.items():
+        doc = doc.replace("{{" + name + "}}", text.replace("\n", "\n    "))
+    func.__doc__ = doc
+    return func

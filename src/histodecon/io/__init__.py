@@ -1,0 +1,1 @@
+"""Reading slides into SpatialData."""

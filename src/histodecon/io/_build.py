@@ -1,0 +1,124 @@
+"""Assemble the SpatialData layout of histodecon from an image, spot centres and a table."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+from spatialdata import SpatialData
+from spatialdata.models import Image2DModel, ShapesModel, TableModel
+from spatialdata.transformations import Identity
+
+from .._utils import UNS_KEY
+
+#: Images whose longer side exceeds this many pixels are stored as a multiscale pyramid.
+PYRAMID_ABOVE_PX = 4096
+IMAGE_CHUNK_PX = 1024
+
+
+def _pyramid_factors(height: int, width: int) -> list[int] | None:
+    """Halve the image until its longer side fits in :data:`PYRAMID_ABOVE_PX`."""
+    factors, side = [], max(height, width)
+    while side > PYRAMID_ABOVE_PX:
+        factors.append(2)
+        side //= 2
+    return factors or None
+
+
+def build_sdata(
+    image: np.ndarray | da.Array,
+    centres_xy: np.ndarray,
+    *,
+    sample: str,
+    mpp: float,
+    spot_diameter_px: float,
+    spot_ids: pd.Index | list[str] | None = None,
+    X: np.ndarray | sparse.spmatrix | None = None,
+    var_names: pd.Index | list[str] | None = None,
+    obs: pd.DataFrame | None = None,
+    coordinate_system: str = "global",
+) -> SpatialData:
+    """Build ``images[f"{sample}_image"]``, ``shapes[f"{sample}_spots"]`` and ``tables["table"]``.
+
+    Parameters
+    ----------
+    image
+        RGB image, ``(c, y, x)`` uint8.
+    centres_xy
+        Spot centres in full-resolution pixels, ``(n, 2)`` as ``(x, y)``.
+    sample
+        Sample (section) name; prefixes the element names and fills ``obs["sample"]``.
+    mpp
+        Micrometres per pixel of ``image``.
+    spot_diameter_px
+        Spot diameter in pixels.
+    spot_ids
+        Spot names (``obs_names``); default ``"0"``, ``"1"``, ...
+    X
+        Counts, spots x genes; ``None`` for an H&E-only slide (zero genes).
+    var_names
+        Gene names, required with ``X``.
+    obs
+        Extra per-spot columns, indexed like ``spot_ids``.
+    coordinate_system
+        Name of the coordinate system the elements are registered in (pixel units).
+    """
+    if mpp <= 0 or not np.isfinite(mpp):
+        raise ValueError(f"mpp (micrometres per pixel) must be a positive number, got {mpp!r}.")
+    centres_xy = np.asarray(centres_xy, dtype=np.float64).reshape(-1, 2)
+    n_spots = len(centres_xy)
+    spot_ids = pd.Index([str(i) for i in range(n_spots)] if spot_ids is None else [str(s) for s in spot_ids])
+    if spot_ids.has_duplicates:
+        dup = spot_ids[spot_ids.duplicated()].unique()[:5].tolist()
+        raise ValueError(f"Spot ids must be unique; duplicated: {dup}. Give each spot its own id.")
+
+    image_key, shapes_key = f"{sample}_image", f"{sample}_spots"
+    transform = {coordinate_system: Identity()}
+    image = da.asarray(image)
+    c, height, width = image.shape
+    image = image.rechunk((c, IMAGE_CHUNK_PX, IMAGE_CHUNK_PX))
+    image_el = Image2DModel.parse(
+        image,
+        dims=("c", "y", "x"),
+        c_coords=["r", "g", "b"],
+        scale_factors=_pyramid_factors(height, width),
+        transformations=transform,
+    )
+    shapes_el = ShapesModel.parse(
+        centres_xy,
+        geometry=0,
+        radius=np.full(n_spots, spot_diameter_px / 2),
+        index=spot_ids,
+        transformations=transform,
+    )
+
+    table_obs = pd.DataFrame(index=spot_ids)
+    if obs is not None:
+        table_obs = table_obs.join(obs.set_axis(obs.index.astype(str)))
+    table_obs["sample"] = pd.Categorical([sample] * n_spots)
+    table_obs["in_tissue"] = table_obs.get("in_tissue", pd.Series(True, index=spot_ids)).astype(bool)
+    table_obs["region"] = pd.Categorical([shapes_key] * n_spots)
+    table_obs["spot_id"] = spot_ids.to_numpy()
+    if X is None:
+        X, var = sparse.csr_matrix((n_spots, 0), dtype=np.float32), pd.DataFrame(index=pd.Index([], dtype=str))
+    else:
+        if var_names is None:
+            raise ValueError("`var_names` is required together with counts `X`.")
+        var = pd.DataFrame(index=pd.Index([str(g) for g in var_names]))
+    adata = AnnData(X=X, obs=table_obs, var=var)
+    adata.obsm["spatial"] = centres_xy
+    adata.uns[UNS_KEY] = {
+        "samples": {
+            sample: {
+                "mpp": float(mpp),
+                "spot_diameter_px": float(spot_diameter_px),
+                "image_key": image_key,
+                "shapes_key": shapes_key,
+                "coordinate_system": coordinate_system,
+            }
+        }
+    }
+    table = TableModel.parse(adata, region=shapes_key, region_key="region", instance_key="spot_id")
+    return SpatialData(images={image_key: image_el}, shapes={shapes_key: shapes_el}, tables={"table": table})
