@@ -1,0 +1,1 @@
+"""Example data: procedurally generated slides and the public her2st dataset."""

@@ -1,0 +1,1 @@
+"""Pathology foundation-model encoders: a registry of declarative entries."""

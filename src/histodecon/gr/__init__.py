@@ -1,0 +1,1 @@
+"""Spatial statistics: RBF weight graph and bivariate Moran's R."""

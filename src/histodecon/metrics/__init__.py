@@ -1,0 +1,1 @@
+"""Evaluation metrics: CC and L1 scores, colocalisation similarity."""

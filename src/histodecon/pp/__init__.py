@@ -1,0 +1,1 @@
+"""Preprocessing: spot patches and background filtering."""

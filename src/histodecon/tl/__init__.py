@@ -1,0 +1,1 @@
+"""Tools: embedding, deconvolution, training and prediction."""
