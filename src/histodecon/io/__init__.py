@@ -1,1 +1,6 @@
 """Reading slides into SpatialData."""
+
+from ._anndata import from_anndata
+from ._slide import read_slide
+from ._st import read_st
+from ._visium import read_visium

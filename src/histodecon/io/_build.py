@@ -11,7 +11,7 @@ from spatialdata import SpatialData
 from spatialdata.models import Image2DModel, ShapesModel, TableModel
 from spatialdata.transformations import Identity
 
-from .._utils import UNS_KEY
+from histodecon._utils import UNS_KEY
 
 #: Images whose longer side exceeds this many pixels are stored as a multiscale pyramid.
 PYRAMID_ABOVE_PX = 4096
@@ -83,6 +83,7 @@ def build_sdata(
         image,
         dims=("c", "y", "x"),
         c_coords=["r", "g", "b"],
+        chunks=(c, IMAGE_CHUNK_PX, IMAGE_CHUNK_PX),
         scale_factors=_pyramid_factors(height, width),
         transformations=transform,
     )

@@ -1,0 +1,183 @@
+"""Radial-basis-function spatial weight graph, as used by SpatialDM and Hist2Cell for Moran's R."""
+
+from __future__ import annotations
+
+import numpy as np
+from anndata import AnnData
+from scipy import sparse
+from scipy.spatial import cKDTree
+from spatialdata import SpatialData
+
+from histodecon._docs import inject_docs
+from histodecon._utils import check_overwrite, get_table, sample_info, write_result
+
+#: Default RBF length scale: 1.2 spot pitches of legacy ST (200 um), SpatialDM's setting for ST data.
+DEFAULT_LENGTH_SCALE_UM = 240.0
+#: Default truncation: weights below 0.2 are dropped (SpatialDM and Hist2Cell).
+DEFAULT_CUTOFF = 0.2
+
+
+def copy_data(data: SpatialData | AnnData) -> SpatialData | AnnData:
+    """A copy whose tables can be written to without touching ``data``; images and shapes are shared."""
+    if isinstance(data, AnnData):
+        return data.copy()
+    return SpatialData(
+        images=dict(data.images),
+        labels=dict(data.labels),
+        points=dict(data.points),
+        shapes=dict(data.shapes),
+        tables={name: table.copy() for name, table in data.tables.items()},
+        attrs=dict(data.attrs),
+    )
+
+
+def truncation_radius(length_scale: float, cutoff: float) -> float:
+    """Distance at which ``exp(-d^2 / 2 l^2)`` falls to ``cutoff``: ``l * sqrt(-2 ln cutoff)``."""
+    return length_scale * np.sqrt(-2.0 * np.log(cutoff))
+
+
+def sample_blocks(adata: AnnData) -> list[tuple[str | None, np.ndarray]]:
+    """``(sample, positions)`` of each sample's spots; one unnamed block without ``obs['sample']``."""
+    if "sample" not in adata.obs:
+        return [(None, np.arange(adata.n_obs))]
+    samples = adata.obs["sample"].astype("category")
+    codes = samples.cat.codes.to_numpy()
+    return [(str(name), np.flatnonzero(codes == i)) for i, name in enumerate(samples.cat.categories)]
+
+
+def _mpp(adata: AnnData, sample: str | None) -> float:
+    """The um/px of a sample, or an error saying how to provide it."""
+    try:
+        return float(sample_info(adata, sample)["mpp"])
+    except (KeyError, ValueError) as error:
+        raise KeyError(
+            f"{error.args[0]} The length scale in micrometres needs each sample's um/px: read the slide "
+            "with `hd.io`, or give the length scale in pixels with `length_scale_px=`."
+        ) from None
+
+
+def _block_graph(coords: np.ndarray, length_scale_px: float, cutoff: float) -> tuple[np.ndarray, ...]:
+    """Pairs ``(i, j, distance, weight)`` of one sample, both directions, self-pairs included."""
+    pairs = cKDTree(coords).query_pairs(truncation_radius(length_scale_px, cutoff), output_type="ndarray")
+    i, j = pairs[:, 0], pairs[:, 1]
+    dist = np.linalg.norm(coords[i] - coords[j], axis=1)
+    weight = np.exp(-(dist**2) / (2.0 * length_scale_px**2))
+    self_ = np.arange(len(coords))
+    rows = np.concatenate([i, j, self_])
+    cols = np.concatenate([j, i, self_])
+    dists = np.concatenate([dist, dist, np.zeros(len(coords))])
+    weights = np.concatenate([weight, weight, np.ones(len(coords))])
+    # Each sample's weights sum to its number of spots, so pooled Moran's R weighs samples by size.
+    weights *= len(coords) / weights.sum()
+    return rows, cols, dists, weights
+
+
+@inject_docs
+def rbf_graph(
+    data: SpatialData | AnnData,
+    *,
+    length_scale_um: float = DEFAULT_LENGTH_SCALE_UM,
+    length_scale_px: float | None = None,
+    cutoff: float = DEFAULT_CUTOFF,
+    table_key: str = "table",
+    key_added: str = "rbf",
+    overwrite: bool = False,
+    copy: bool = False,
+) -> SpatialData | AnnData | None:
+    """Build the radial-basis-function spatial weight graph of the spots.
+
+    The weight of spots ``i`` and ``j`` at distance ``d`` is ``exp(-d^2 / 2 l^2)``, kept where it
+    is at least ``cutoff``, i.e. within the radius ``l * sqrt(-2 ln cutoff)`` (so the graph is
+    symmetric). Every spot is its own neighbour with weight 1 (``exp(0)``), as in SpatialDM's
+    ``weight_matrix(..., single_cell=False)`` that Hist2Cell uses for spot data: two cell types
+    sharing a spot are colocalised. Spots of different samples are never connected, and the
+    weights of each sample are scaled to sum to its number of spots (SpatialDM scales to ``n``),
+    so the whole matrix sums to ``n_obs``. This is the weight matrix of :func:`moran_r`.
+
+    The default length scale, 240 um with ``cutoff=0.2``, is SpatialDM's setting for legacy
+    ST data (``l = 1.2`` spot pitches of 200 um, ``cutoff = 0.2``; Hist2Cell uses the same
+    cutoff): the neighbourhood reaches 430 um, two ST pitches or four Visium pitches (100 um),
+    so the statistic measures colocalisation at the same physical scale on both. For Visium HD
+    bins, choose a length scale of a few bin sizes: the number of neighbours grows with
+    ``(l / pitch)^2``.
+
+    Parameters
+    ----------
+    {{data}}
+    length_scale_um
+        RBF length scale ``l`` in micrometres, converted to pixels with each sample's um/px
+        (``uns['histodecon']['samples'][sample]['mpp']``).
+    length_scale_px
+        RBF length scale in pixels of ``obsm['spatial']``; when given, ``length_scale_um`` is
+        ignored and no um/px is needed.
+    cutoff
+        Smallest weight kept, in ``(0, 1)``.
+    {{table_key}}
+    key_added
+        Writes ``obsp[f'{key_added}_connectivities']`` (weights, CSR),
+        ``obsp[f'{key_added}_distances']`` (pixel distances of the connected pairs, self-pairs
+        not stored) and ``uns[f'{key_added}_neighbors']`` (keys and parameters), like
+        :func:`squidpy.gr.spatial_neighbors`.
+    {{overwrite}}
+    {{copy}}
+
+    Returns
+    -------
+    ``None``, or the modified copy of ``data`` with ``copy=True``.
+
+    Examples
+    --------
+    >>> import histodecon as hd
+    >>> sdata = hd.datasets.synthetic(n_spots=200, counts=False)
+    >>> hd.gr.rbf_graph(sdata, length_scale_um=150)
+    >>> round(float(sdata.tables["table"].obsp["rbf_connectivities"].sum()), 6)
+    200.0
+    """
+    if not 0 < cutoff < 1:
+        raise ValueError(f"`cutoff` must lie strictly between 0 and 1, got {cutoff!r}; SpatialDM uses 0.2.")
+    length = length_scale_px if length_scale_px is not None else length_scale_um
+    if not np.isfinite(length) or length <= 0:
+        raise ValueError(f"The length scale must be a positive number, got {length!r}.")
+    adata = get_table(data, table_key)
+    if copy:
+        data = copy_data(data)
+        adata = get_table(data, table_key)
+    if "spatial" not in adata.obsm:
+        raise KeyError("The table has no `obsm['spatial']` spot coordinates; read the slide with `hd.io` first.")
+    conn_key, dist_key, params_key = f"{key_added}_connectivities", f"{key_added}_distances", f"{key_added}_neighbors"
+    check_overwrite(adata.obsp, conn_key, "adata.obsp", overwrite)
+    check_overwrite(adata.obsp, dist_key, "adata.obsp", overwrite)
+    check_overwrite(adata.uns, params_key, "adata.uns", overwrite)
+
+    coords = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2]
+    parts, scales = [], {}
+    for sample, positions in sample_blocks(adata):
+        block_px = float(length_scale_px) if length_scale_px is not None else length_scale_um / _mpp(adata, sample)
+        rows, cols, dists, weights = _block_graph(coords[positions], block_px, cutoff)
+        parts.append((positions[rows], positions[cols], dists, weights))
+        scales[sample if sample is not None else "all"] = block_px
+    rows, cols, dists, weights = (np.concatenate(arrays) for arrays in zip(*parts, strict=True))
+    shape = (adata.n_obs, adata.n_obs)
+    connectivities = sparse.csr_matrix((weights, (rows, cols)), shape=shape)
+    off_diagonal = rows != cols
+    distances = sparse.csr_matrix((dists[off_diagonal], (rows[off_diagonal], cols[off_diagonal])), shape=shape)
+
+    write_result(adata, "obsp", conn_key, connectivities, overwrite=overwrite)
+    write_result(adata, "obsp", dist_key, distances, overwrite=overwrite)
+    params = {
+        "length_scale_um": None if length_scale_px is not None else float(length_scale_um),
+        "length_scale_px": scales,
+        "cutoff": float(cutoff),
+        "radius_px": {name: float(truncation_radius(px, cutoff)) for name, px in scales.items()},
+        "self_weight": True,
+        "method": "rbf",
+    }
+    params = {key: value for key, value in params.items() if value is not None}
+    write_result(
+        adata,
+        "uns",
+        params_key,
+        {"connectivities_key": conn_key, "distances_key": dist_key, "params": params},
+        overwrite=overwrite,
+    )
+    return data if copy else None

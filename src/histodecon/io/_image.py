@@ -1,0 +1,108 @@
+"""Loading H&E images into ``(c, y, x)`` uint8 RGB arrays, lazily where the file format allows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import tifffile
+import zarr
+from PIL import Image
+
+#: Formats read lazily, tile by tile, through tifffile's zarr store; everything else goes through PIL.
+TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".btf")
+#: PIL modes that hold colour and are converted to RGB (alpha or palette dropped).
+_PIL_COLOUR_MODES = ("RGB", "RGBA", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV")
+
+
+def check_file(path: str | Path, what: str) -> Path:
+    """``path`` as a :class:`~pathlib.Path`, or :class:`FileNotFoundError` naming what was expected."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"The {what} file {str(path)!r} does not exist. Check the path.")
+    return path
+
+
+def check_positive(value: float, name: str) -> None:
+    """Refuse a length or resolution that is not a positive finite number."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float | np.number)
+        or not (np.isfinite(value) and value > 0)
+    ):
+        raise ValueError(f"`{name}` must be a positive number (micrometres or micrometres per pixel), got {value!r}.")
+
+
+def check_spots_inside(centres_xy: np.ndarray, ids, width: int, height: int, image_name: str) -> None:
+    """Refuse spot centres outside the image: the spot coordinates belong to another image or scale."""
+    x, y = centres_xy[:, 0], centres_xy[:, 1]
+    outside = ~((x >= 0) & (x < width) & (y >= 0) & (y < height))  # NaN (no position) counts as outside
+    if outside.any():
+        raise ValueError(
+            f"{outside.sum()} spot centres (e.g. {list(np.asarray(ids)[outside][:3])}) lie outside the {width} x "
+            f"{height} px image {image_name!r}. Pass the image that the spot pixel coordinates refer to."
+        )
+
+
+def as_rgb(image: np.ndarray | da.Array, name: str, axes: str = "YXS") -> np.ndarray | da.Array:
+    """Validate an image and return it as ``(c, y, x)`` uint8 RGB.
+
+    ``axes`` names the dimensions (tifffile letters: ``Y``, ``X`` and ``S`` or ``C`` for colour;
+    other axes must have length 1). An alpha channel is dropped; grayscale and images with
+    more than 8 bits per channel are refused, since converting them would hide a wrong file.
+    """
+    squeeze = tuple(i for i, a in enumerate(axes) if a not in "YXSC" and image.shape[i] == 1)
+    if len(squeeze) != sum(a not in "YXSC" for a in axes):
+        raise ValueError(f"Image {name!r} has axes {axes!r} with shape {image.shape}; expected one 2-D RGB image.")
+    image = image.squeeze(axis=squeeze) if squeeze else image
+    axes = "".join(a for a in axes if a in "YXSC")
+    colour = next((a for a in axes if a in "SC"), None)
+    n_channels = 1 if colour is None else image.shape[axes.index(colour)]
+    if n_channels < 3:
+        raise ValueError(
+            f"Image {name!r} is grayscale ({n_channels} channel{'s' if n_channels > 1 else ''}); an H&E "
+            "image must be RGB. Pass the colour image of the slide (foundation models need the stain colours)."
+        )
+    if n_channels > 4:
+        raise ValueError(f"Image {name!r} has {n_channels} channels; expected RGB or RGBA. Pass the H&E image.")
+    if image.dtype != np.uint8:
+        raise ValueError(
+            f"Image {name!r} has dtype {image.dtype}; histodecon reads 8-bit RGB. Convert it first, e.g. "
+            "`(image // 257).astype('uint8')` for 16-bit or `(image * 255).round().astype('uint8')` for 0-1 floats."
+        )
+    order = [axes.index(colour), axes.index("Y"), axes.index("X")]
+    image = image.transpose(order)
+    return image[:3]
+
+
+def _read_tiff(path: Path) -> list[da.Array]:
+    """All pyramid levels of the first series of a TIFF, as lazy ``(c, y, x)`` arrays, finest first."""
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        axes, n_levels = series.axes, len(series.levels)
+    group = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+    arrays = [group] if isinstance(group, zarr.Array) else [group[str(i)] for i in range(n_levels)]
+    return [as_rgb(da.from_zarr(array), path.name, axes) for array in arrays]
+
+
+def _read_pil(path: Path) -> np.ndarray:
+    guard, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # slides exceed PIL's decompression-bomb limit
+    try:
+        with Image.open(path) as img:
+            array = np.asarray(img.convert("RGB") if img.mode in _PIL_COLOUR_MODES else img)
+    finally:
+        Image.MAX_IMAGE_PIXELS = guard
+    return as_rgb(array, path.name, "YXS" if array.ndim == 3 else "YX")
+
+
+def read_image(path: str | Path) -> list[np.ndarray | da.Array]:
+    """Read an H&E image file as ``(c, y, x)`` uint8 RGB: its pyramid levels, finest first.
+
+    TIFF / OME-TIFF / SVS are read lazily through tifffile (a list of all stored levels);
+    JPEG, PNG and the other formats PIL reads are decoded into memory (a single level).
+    """
+    path = check_file(path, "image")
+    if path.name.lower().endswith(TIFF_SUFFIXES):
+        return _read_tiff(path)
+    return [_read_pil(path)]
