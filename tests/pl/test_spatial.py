@@ -71,6 +71,20 @@ def test_multiscale_image_is_aligned_with_spots():
     assert left <= 700 - 50 and right >= 1500 + 50
 
 
+def test_spots_without_a_prediction_are_grey_and_leave_the_scale_alone(sdata):
+    table = sdata.tables["table"].copy()
+    table.obsm["pred_abund"] = table.obsm["pred_abund"].copy()
+    table.obsm["pred_abund"].iloc[:5, 0] = np.nan  # e.g. spots whose embeddings were NaN
+    slide = SpatialData(images=dict(sdata.images), shapes=dict(sdata.shapes), tables={"table": table})
+    fig = hd.pl.spatial_abundance(slide, "tumour", max_image_px=200)
+    spots = [next(c for c in ax.collections if isinstance(c, EllipseCollection)) for ax in _panels(fig)]
+    finite = np.concatenate([table.obsm["abund"]["tumour"], table.obsm["pred_abund"]["tumour"].iloc[5:]])
+    assert spots[1].norm.vmin == 0 and spots[1].norm.vmax == pytest.approx(finite.max())
+    colours = spots[1].to_rgba(spots[1].get_array())
+    np.testing.assert_allclose(colours[:5], [[0.827, 0.827, 0.827, 1.0]] * 5, atol=1e-3)  # lightgrey
+    assert not np.allclose(colours[5:, :3], 0.827, atol=1e-3)
+
+
 def test_errors(sdata):
     with pytest.raises(TypeError, match="SpatialData"):
         hd.pl.spatial_abundance(sdata.tables["table"], "tumour")

@@ -38,7 +38,14 @@ def _abundances(adata: AnnData, key: str) -> pd.DataFrame:
         )
     values = adata.obsm[key]
     frame = values if isinstance(values, pd.DataFrame) else pd.DataFrame(np.asarray(values))
-    frame = frame.set_axis(frame.columns.astype(str), axis=1).astype(np.float64)
+    frame = frame.set_axis(frame.columns.astype(str), axis=1)
+    non_numeric = [name for name, dtype in frame.dtypes.items() if not pd.api.types.is_numeric_dtype(dtype)]
+    if non_numeric:
+        raise TypeError(
+            f"`obsm[{key!r}]` has non-numeric columns {non_numeric}; Moran's R needs numeric abundances per cell type. "
+            "Pass `key=` a spots x cell types matrix of numbers."
+        )
+    frame = frame.astype(np.float64)
     if not np.isfinite(frame.to_numpy()).all():
         bad = frame.columns[~np.isfinite(frame.to_numpy()).all(axis=0)].tolist()
         raise ValueError(f"`obsm[{key!r}]` has missing or infinite values in {bad}; fill or drop those spots first.")

@@ -9,7 +9,15 @@ from scipy.spatial import cKDTree
 from spatialdata import SpatialData
 
 from histodecon._docs import inject_docs
-from histodecon._utils import check_overwrite, get_table, sample_info, write_result
+from histodecon._utils import (
+    check_centres,
+    check_overwrite,
+    check_positive,
+    check_spot_spacing,
+    get_table,
+    sample_info,
+    write_result,
+)
 
 #: Default RBF length scale: 1.2 spot pitches of legacy ST (200 um), SpatialDM's setting for ST data.
 DEFAULT_LENGTH_SCALE_UM = 240.0
@@ -133,26 +141,38 @@ def rbf_graph(
     >>> round(float(sdata.tables["table"].obsp["rbf_connectivities"].sum()), 6)
     200.0
     """
-    if not 0 < cutoff < 1:
+    if isinstance(cutoff, bool) or not isinstance(cutoff, int | float | np.number) or not 0 < cutoff < 1:
         raise ValueError(f"`cutoff` must lie strictly between 0 and 1, got {cutoff!r}; SpatialDM uses 0.2.")
-    length = length_scale_px if length_scale_px is not None else length_scale_um
-    if not np.isfinite(length) or length <= 0:
-        raise ValueError(f"The length scale must be a positive number, got {length!r}.")
+    if length_scale_px is not None:
+        check_positive(length_scale_px, "length_scale_px")
+    else:
+        check_positive(length_scale_um, "length_scale_um")
     adata = get_table(data, table_key)
+    if "spatial" not in adata.obsm:
+        raise KeyError("The table has no `obsm['spatial']` spot coordinates; read the slide with `hd.io` first.")
+    if adata.n_obs == 0:
+        raise ValueError("The table has no spots; a spatial graph needs at least one.")
+    coords = check_centres(adata.obsm["spatial"], adata.obs_names, "`obsm['spatial']`")
+    blocks = sample_blocks(adata)
+    block_scales = {}
+    for sample, positions in blocks:
+        if length_scale_px is not None:
+            block_scales[sample] = float(length_scale_px)
+            continue
+        mpp = _mpp(adata, sample)
+        check_spot_spacing(coords[positions], mpp, f"sample {sample!r}")
+        block_scales[sample] = length_scale_um / mpp
     if copy:
         data = copy_data(data)
         adata = get_table(data, table_key)
-    if "spatial" not in adata.obsm:
-        raise KeyError("The table has no `obsm['spatial']` spot coordinates; read the slide with `hd.io` first.")
     conn_key, dist_key, params_key = f"{key_added}_connectivities", f"{key_added}_distances", f"{key_added}_neighbors"
     check_overwrite(adata.obsp, conn_key, "adata.obsp", overwrite)
     check_overwrite(adata.obsp, dist_key, "adata.obsp", overwrite)
     check_overwrite(adata.uns, params_key, "adata.uns", overwrite)
 
-    coords = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2]
     parts, scales = [], {}
-    for sample, positions in sample_blocks(adata):
-        block_px = float(length_scale_px) if length_scale_px is not None else length_scale_um / _mpp(adata, sample)
+    for sample, positions in blocks:
+        block_px = block_scales[sample]
         rows, cols, dists, weights = _block_graph(coords[positions], block_px, cutoff)
         parts.append((positions[rows], positions[cols], dists, weights))
         scales[sample if sample is not None else "all"] = block_px

@@ -6,9 +6,9 @@ import numpy as np
 from anndata import AnnData
 from spatialdata import SpatialData
 
-from histodecon._utils import get_table
+from histodecon._utils import check_centres, check_positive, check_spot_spacing, check_spots_inside, get_table
 from histodecon.io._build import build_sdata
-from histodecon.io._image import as_rgb, check_positive, check_spots_inside
+from histodecon.io._image import as_rgb
 from histodecon.io._visium import VISIUM_SPOT_UM
 
 #: Columns that the histodecon table sets itself; same-named user columns are not carried over.
@@ -91,15 +91,17 @@ def from_anndata(
     scale = float(scalefactors["tissue_hires_scalef"])
     spot_px = float(scalefactors["spot_diameter_fullres"]) * scale
     image = _hires_uint8(library["images"]["hires"], library_id)
-    centres = np.asarray(adata.obsm["spatial"], dtype=np.float64) * scale
+    centres = check_centres(adata.obsm["spatial"], adata.obs_names, "`obsm['spatial']`") * scale
     check_spots_inside(centres, adata.obs_names, image.shape[2], image.shape[1], f"{library_id} hires")
+    mpp = spot_diameter_um / spot_px
+    check_spot_spacing(centres, mpp, f"library {library_id!r}")
 
     sample = sample or library_id
     sdata = build_sdata(
         image,
         centres,
         sample=sample,
-        mpp=spot_diameter_um / spot_px,
+        mpp=mpp,
         spot_diameter_px=spot_px,
         spot_ids=adata.obs_names,
         X=adata.X.copy(),

@@ -11,7 +11,7 @@ from spatialdata import SpatialData
 from spatialdata.models import Image2DModel, ShapesModel, TableModel
 from spatialdata.transformations import Identity
 
-from histodecon._utils import UNS_KEY
+from histodecon._utils import UNS_KEY, check_centres, check_positive
 
 #: Images whose longer side exceeds this many pixels are stored as a multiscale pyramid.
 PYRAMID_ABOVE_PX = 4096
@@ -65,14 +65,16 @@ def build_sdata(
     coordinate_system
         Name of the coordinate system the elements are registered in (pixel units).
     """
-    if mpp <= 0 or not np.isfinite(mpp):
-        raise ValueError(f"mpp (micrometres per pixel) must be a positive number, got {mpp!r}.")
+    check_positive(mpp, "mpp")
     centres_xy = np.asarray(centres_xy, dtype=np.float64).reshape(-1, 2)
     n_spots = len(centres_xy)
     spot_ids = pd.Index([str(i) for i in range(n_spots)] if spot_ids is None else [str(s) for s in spot_ids])
     if spot_ids.has_duplicates:
         dup = spot_ids[spot_ids.duplicated()].unique()[:5].tolist()
-        raise ValueError(f"Spot ids must be unique; duplicated: {dup}. Give each spot its own id.")
+        raise ValueError(
+            f"Spot ids must be unique; duplicated: {dup}. Give each spot its own id (e.g. `adata.obs_names_make_unique()`)."
+        )
+    centres_xy = check_centres(centres_xy, spot_ids, "spot centres")
 
     image_key, shapes_key = f"{sample}_image", f"{sample}_spots"
     transform = {coordinate_system: Identity()}

@@ -24,27 +24,6 @@ def check_file(path: str | Path, what: str) -> Path:
     return path
 
 
-def check_positive(value: float, name: str) -> None:
-    """Refuse a length or resolution that is not a positive finite number."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float | np.number)
-        or not (np.isfinite(value) and value > 0)
-    ):
-        raise ValueError(f"`{name}` must be a positive number (micrometres or micrometres per pixel), got {value!r}.")
-
-
-def check_spots_inside(centres_xy: np.ndarray, ids, width: int, height: int, image_name: str) -> None:
-    """Refuse spot centres outside the image: the spot coordinates belong to another image or scale."""
-    x, y = centres_xy[:, 0], centres_xy[:, 1]
-    outside = ~((x >= 0) & (x < width) & (y >= 0) & (y < height))  # NaN (no position) counts as outside
-    if outside.any():
-        raise ValueError(
-            f"{outside.sum()} spot centres (e.g. {list(np.asarray(ids)[outside][:3])}) lie outside the {width} x "
-            f"{height} px image {image_name!r}. Pass the image that the spot pixel coordinates refer to."
-        )
-
-
 def as_rgb(image: np.ndarray | da.Array, name: str, axes: str = "YXS") -> np.ndarray | da.Array:
     """Validate an image and return it as ``(c, y, x)`` uint8 RGB.
 

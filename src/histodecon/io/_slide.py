@@ -10,8 +10,9 @@ import pandas as pd
 from spatialdata import SpatialData
 
 from histodecon._settings import logger
+from histodecon._utils import check_positive
 from histodecon.io._build import build_sdata
-from histodecon.io._image import as_rgb, check_positive, read_image
+from histodecon.io._image import as_rgb, read_image
 from histodecon.pp._background import GLASS_THRESHOLD, MAX_GLASS_FRACTION, check_rule, glass_mask
 
 #: The tissue mask is block-averaged down to a resolution where a pseudo-spot spans about this many pixels ...

@@ -11,8 +11,9 @@ from scipy.spatial import cKDTree
 from spatialdata import SpatialData
 
 from histodecon._settings import logger
+from histodecon._utils import check_centres, check_positive, check_spots_inside
 from histodecon.io._build import build_sdata
-from histodecon.io._image import check_file, check_positive, check_spots_inside, read_image
+from histodecon.io._image import check_file, read_image
 
 
 def _spot_table(path: Path) -> pd.DataFrame:
@@ -133,7 +134,7 @@ def read_st(
     count_table.index = count_table.index.astype(str)
     ids = _join(spot_table, count_table, spots_path.name, counts_path.name)
     spot_table, count_table = spot_table.loc[ids], count_table.loc[ids]
-    centres = spot_table[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
+    centres = check_centres(spot_table[["pixel_x", "pixel_y"]], ids, f"pixel positions of {spots_path.name!r}")
 
     (full, *_) = read_image(image_path)
     check_spots_inside(centres, ids, full.shape[2], full.shape[1], image_path.name)

@@ -6,14 +6,13 @@ import json
 from pathlib import Path
 
 import h5py
-import numpy as np
 import spatialdata_io
 from spatialdata import SpatialData
 from spatialdata.transformations import Identity, get_transformation
 
-from histodecon._utils import get_table
+from histodecon._utils import check_centres, check_positive, check_spot_spacing, check_spots_inside, get_table
 from histodecon.io._build import build_sdata
-from histodecon.io._image import check_positive, check_spots_inside, read_image
+from histodecon.io._image import read_image
 
 #: Visium spots are 55 um across.
 VISIUM_SPOT_UM = 55.0
@@ -95,7 +94,7 @@ def read_visium(
     adata = get_table(reference)
     system = _identity_system(reference.shapes[sample])
     spot_px = float(scalefactors["spot_diameter_fullres"])
-    centres = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    centres = check_centres(adata.obsm["spatial"], adata.obs_names, "Space Ranger spot positions")
     if fullres_image is None:
         image_path = path / "spatial" / "tissue_hires_image.png"
         scale = float(scalefactors["tissue_hires_scalef"])
@@ -104,12 +103,14 @@ def read_visium(
         image_path = Path(fullres_image) if Path(fullres_image).is_absolute() else path / fullres_image
     (image, *_) = read_image(image_path)
     check_spots_inside(centres, adata.obs_names, image.shape[2], image.shape[1], image_path.name)
+    mpp = spot_diameter_um / spot_px
+    check_spot_spacing(centres, mpp, f"sample {sample!r}")
 
     sdata = build_sdata(
         image,
         centres,
         sample=sample,
-        mpp=spot_diameter_um / spot_px,
+        mpp=mpp,
         spot_diameter_px=spot_px,
         spot_ids=adata.obs_names,
         X=adata.X,

@@ -19,6 +19,9 @@ from histodecon._utils import get_table
 
 from ._utils import save_figure
 
+#: Linkage methods of :func:`scipy.cluster.hierarchy.linkage` that accept any distance (not only Euclidean).
+LINKAGE_METHODS = ("average", "complete", "single", "weighted")
+
 
 def _moran_result(adata: AnnData, key: str) -> pd.DataFrame:
     """``R`` of ``uns[key]`` if that is a Moran's R result, else of ``uns[f'{key}_moranR']``."""
@@ -91,8 +94,8 @@ def colocalization(
     titles
         Panel titles; default the keys.
     method
-        Linkage method of :func:`scipy.cluster.hierarchy.linkage` ("average", "complete",
-        "single", ...; those that need Euclidean input, like "ward", do not apply).
+        Linkage method of :func:`scipy.cluster.hierarchy.linkage`: "average", "complete",
+        "single" or "weighted" (those that need Euclidean input, like "ward", do not apply).
     cmap
         Diverging colour map.
     annotate
@@ -120,9 +123,13 @@ def colocalization(
     >>> fig = hd.pl.colocalization(sdata, titles=["cell2location", "predicted"])
     """
     keys = [keys] if isinstance(keys, str) else list(keys)
+    if not keys:
+        raise ValueError("Give at least one key: the `obsm` key given to `hd.gr.moran_r`, e.g. `keys=['abund']`.")
     titles = keys if titles is None else list(titles)
     if len(titles) != len(keys):
         raise ValueError(f"Got {len(titles)} titles for {len(keys)} keys; give one title per key.")
+    if method not in LINKAGE_METHODS:
+        raise ValueError(f"Unknown linkage `method={method!r}`; use one of {list(LINKAGE_METHODS)}.")
     adata = get_table(data, table_key)
     matrices = [_moran_result(adata, key) for key in keys]
     order, link = cluster_order(matrices[0], method)

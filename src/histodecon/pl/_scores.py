@@ -91,6 +91,10 @@ def scores(
             f"`cv_results` must be the result of `hd.tl.cross_validate` or a DataFrame, got {type(cv_results).__name__}."
         )
     table = per_slide(cv_results, metrics)
+    if table.empty:
+        raise ValueError(
+            "`cv_results` has no rows to draw; run `hd.tl.cross_validate` with at least one configuration."
+        )
     present = list(dict.fromkeys(table["configuration"]))
     order = present if order is None else list(order)
     unknown = sorted(set(order) - set(present))

@@ -89,7 +89,8 @@ def spatial_abundance(
 
     One row per key (e.g. the cell2location truth and the prediction), one column per cell
     type; each column has one colour scale, shared by its rows, from ``min(0, lowest value)``
-    to the highest, so the truth and the prediction of a type compare at a glance. Spots are
+    to the highest, so the truth and the prediction of a type compare at a glance. Spots
+    without a value (NaN, e.g. predictions of spots with NaN embeddings) are grey. Spots are
     drawn at their true diameter. The image is read at a downsampled pyramid level, cropped to
     the spots.
 
@@ -152,13 +153,16 @@ def spatial_abundance(
     box = np.concatenate([centres.min(axis=0) - diameter, centres.max(axis=0) + diameter])
     pixels, extent = _image_crop(sdata.images[info["image_key"]], box, max_image_px)
 
+    colormap = plt.get_cmap(cmap).with_extremes(bad="lightgrey")
     n_rows, n_cols = len(keys), len(cell_types)
     aspect = (box[3] - box[1]) / (box[2] - box[0])
     figsize = figsize or (3.0 * n_cols + 0.6, 3.0 * aspect * n_rows + 1.0)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=figsize, layout="constrained", squeeze=False)
     for col, name in enumerate(cell_types):
-        values = np.concatenate([frame[name].to_numpy() for frame in frames])
-        norm = Normalize(vmin=min(0.0, float(values.min())), vmax=float(values.max()))
+        values = np.concatenate([frame[name].to_numpy(dtype=np.float64) for frame in frames])
+        values = values[np.isfinite(values)]  # NaN (spots without a prediction) are drawn grey
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
+        norm = Normalize(vmin=min(0.0, low), vmax=high)
         for row, frame in enumerate(frames):
             ax = axes[row, col]
             ax.imshow(pixels, extent=extent, interpolation="bilinear")
@@ -169,7 +173,7 @@ def spatial_abundance(
                 units="xy",
                 offsets=centres,
                 offset_transform=ax.transData,
-                cmap=cmap,
+                cmap=colormap,
                 norm=norm,
             )
             spots.set_array(frame[name].to_numpy())

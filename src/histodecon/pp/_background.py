@@ -88,7 +88,7 @@ def filter_background(
     check_rule(glass_threshold, max_glass_fraction)
     adata = get_table(sdata, table_key)
     if inplace:
-        check_overwrite(adata.obs, "tissue_fraction", "adata.obs", overwrite)
+        check_overwrite(adata.obs, "tissue_fraction", "adata.obs", overwrite, can_rename=False)
     patches = spot_patches(sdata, size=size, mpp=mpp, table_key=table_key)
     glass = np.empty(len(patches))
     for index, batch in patches.batches(256):

@@ -14,7 +14,14 @@ from PIL import Image
 from spatialdata import SpatialData
 from xarray import DataArray, DataTree
 
-from histodecon._utils import get_table, sample_info, samples_of
+from histodecon._utils import (
+    check_centres,
+    check_spot_spacing,
+    check_spots_inside,
+    get_table,
+    sample_info,
+    samples_of,
+)
 
 #: Decoded image chunks kept between reads; bounds memory whatever the slide size.
 CACHE_BYTES = 256 * 2**20
@@ -132,13 +139,13 @@ class SpotPatches:
                 "Read the slide with `hd.io` first."
             )
         if isinstance(size, bool) or not isinstance(size, int | np.integer) or size <= 0:
-            raise ValueError(f"`size` must be a positive number of pixels, got {size!r}.")
+            raise ValueError(f"`size` must be a positive integer number of pixels, got {size!r}.")
         if mpp is not None and not (np.isfinite(mpp) and mpp > 0):
             raise ValueError(f"`mpp` must be a positive number of micrometres per pixel or None, got {mpp!r}.")
         adata = get_table(sdata, table_key)
         if "spatial" not in adata.obsm:
             raise KeyError("The table has no `obsm['spatial']` spot centres. Read the slide with `hd.io`.")
-        centres = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+        centres = check_centres(adata.obsm["spatial"], adata.obs_names, "`obsm['spatial']`")
         samples = samples_of(adata)
         spot_samples = adata.obs["sample"].astype(str).to_numpy()
 
@@ -164,6 +171,7 @@ class SpotPatches:
                     f"Sample {sample!r} refers to image {info['image_key']!r}, which the SpatialData lacks; "
                     f"its images are {list(sdata.images)}. Fix `uns['histodecon']['samples'][{sample!r}]['image_key']`."
                 )
+            check_spot_spacing(centres[spots], float(info["mpp"]), f"sample {sample!r}")
             self._add_sample(sdata.images[info["image_key"]], info, spots, centres[spots], mpp)
 
     def _add_sample(self, element, info: dict, spots: np.ndarray, centres: np.ndarray, mpp: float | None) -> None:
@@ -173,6 +181,14 @@ class SpotPatches:
         full_h, full_w = levels[0].sizes["y"], levels[0].sizes["x"]
         factors = [(full_h / lv.sizes["y"], full_w / lv.sizes["x"]) for lv in levels]
         scale = 1.0 if mpp is None else mpp / native_mpp  # full-resolution pixels per output pixel
+        patch_px = self.size * scale
+        if patch_px > full_h and patch_px > full_w:
+            raise ValueError(
+                f"Patches of {self.size} px at {native_mpp * scale:g} um/px cover {patch_px:.0f} full-resolution px, "
+                f"more than the whole {full_w} x {full_h} px image {info['image_key']!r}. Check `size` and `mpp`, "
+                "and the slide's um/px in `uns['histodecon']['samples']` (is the image a downscaled copy?)."
+            )
+        check_spots_inside(centres, self.obs_names[spots], full_w, full_h, info["image_key"])
         chosen = max(i for i, f in enumerate(factors) if i == 0 or max(f) <= scale * LEVEL_TOLERANCE)
         level = _Level(levels[chosen], factors[chosen], info["image_key"])
         level_id = len(self._levels)

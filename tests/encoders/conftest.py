@@ -1,0 +1,27 @@
+"""Fixtures of the encoder tests: no test may reach the Hugging Face Hub or a real weights folder."""
+
+from __future__ import annotations
+
+import huggingface_hub.constants
+import pytest
+
+from histodecon.encoders import _registry
+
+
+@pytest.fixture(autouse=True)
+def offline_hub(monkeypatch, tmp_path_factory):
+    """Offline Hub with an empty cache and no ``$HISTODECON_WEIGHTS_DIR``.
+
+    huggingface_hub reads its settings at import, so its constants are patched as well.
+    """
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path_factory.mktemp("hf_cache")))
+    monkeypatch.delenv("HISTODECON_WEIGHTS_DIR", raising=False)
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """A copy of the registry that the test may change freely."""
+    monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))
+    return _registry._REGISTRY

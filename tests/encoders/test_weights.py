@@ -1,0 +1,127 @@
+import hashlib
+import os
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+import histodecon as hd
+from histodecon.encoders._weights import WEIGHTS_DIR_ENV
+
+
+def tiny_model() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 8, stride=8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+
+
+@pytest.fixture
+def tiny(registry):
+    """A small registered encoder whose weights come from the gated repository 'example/tiny'."""
+    entry = hd.encoders.Encoder(
+        name="tiny",
+        dim=2,
+        input_size=32,
+        build=tiny_model,
+        weights=hd.encoders.WeightsSource("example/tiny", "tiny.bin"),
+    )
+    return hd.encoders.register(entry)
+
+
+@pytest.fixture
+def source():
+    torch.manual_seed(0)
+    return tiny_model().eval()
+
+
+@pytest.fixture
+def patches():
+    return torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+
+def assert_same_outputs(encoder, source, patches):
+    with torch.inference_mode():
+        torch.testing.assert_close(encoder(patches), source(encoder.preprocess(patches)), rtol=0, atol=0)
+
+
+def test_explicit_file_loads_strictly_with_its_sha256(tiny, source, patches, tmp_path):
+    path = tmp_path / "tiny.bin"
+    torch.save(source.state_dict(), path)
+    encoder = hd.encoders.load("tiny", weights=path, device="cpu")
+    assert_same_outputs(encoder, source, patches)
+    assert encoder.provenance["weights"] == str(path)
+    assert encoder.provenance["weights_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert not encoder.training
+    assert not any(p.requires_grad for p in encoder.parameters())
+
+
+def test_folder_and_wrapped_state_dict(tiny, source, patches, tmp_path):
+    torch.save({"state_dict": source.state_dict(), "epoch": 3}, tmp_path / "tiny.bin")
+    assert_same_outputs(hd.encoders.load("tiny", weights=tmp_path, device="cpu"), source, patches)
+
+
+def test_safetensors(tiny, source, patches, tmp_path):
+    path = tmp_path / "tiny.safetensors"
+    save_file(source.state_dict(), path)
+    assert_same_outputs(hd.encoders.load("tiny", weights=path, device="cpu"), source, patches)
+
+
+def test_weights_dir_lookup(tiny, source, patches, tmp_path, monkeypatch):
+    (tmp_path / "tiny").mkdir()
+    torch.save(source.state_dict(), tmp_path / "tiny" / "tiny.bin")
+    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path))
+    encoder = hd.encoders.load("tiny", device="cpu")
+    assert encoder.provenance["weights"] == str(tmp_path / "tiny" / "tiny.bin")
+    assert_same_outputs(encoder, source, patches)
+
+
+def test_mismatched_weights_fail_readably(tiny, source, tmp_path):
+    state = source.state_dict()
+    state["extra.weight"] = torch.zeros(1)
+    state["3.weight"] = torch.zeros(5, 4)
+    del state["0.bias"]
+    torch.save(state, tmp_path / "tiny.bin")
+    with pytest.raises(ValueError, match="do not fit the 'tiny' architecture") as error:
+        hd.encoders.load("tiny", weights=tmp_path / "tiny.bin")
+    message = str(error.value)
+    assert "missing keys: 0.bias" in message
+    assert "unexpected keys: extra.weight" in message
+    assert "shape mismatches: 3.weight: file (5, 4) vs model (2, 4)" in message
+
+
+class RunsCode:
+    """Unpickling this object would run a shell command."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_pickle_that_runs_code_is_refused(tiny, tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"0.weight": RunsCode(marker)}, tmp_path / "tiny.bin")
+    with pytest.raises(ValueError, match="Refusing to read .*tiny.bin.*weights_only=True"):
+        hd.encoders.load("tiny", weights=tmp_path / "tiny.bin")
+    assert not marker.exists()
+
+
+def test_missing_explicit_file(tiny, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"Weights file .*nope\.bin for encoder 'tiny' does not exist"):
+        hd.encoders.load("tiny", weights=tmp_path / "nope.bin")
+
+
+def test_missing_weights_say_where_to_put_them(tmp_path, monkeypatch):
+    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path))
+    with pytest.raises(FileNotFoundError) as error:
+        hd.encoders.load("uni")
+    message = str(error.value)
+    assert "https://huggingface.co/MahmoodLab/UNI" in message
+    assert "gated" in message
+    assert f"at {tmp_path / 'uni' / 'pytorch_model.bin'} (${WEIGHTS_DIR_ENV} sets the folder)" in message
+    assert "weights={'uni': '/path/to/pytorch_model.bin'}" in message
+
+
+def test_missing_weights_without_weights_dir_name_the_variable():
+    with pytest.raises(FileNotFoundError, match=r"at \$HISTODECON_WEIGHTS_DIR/conch/pytorch_model\.bin"):
+        hd.encoders.load("conch")
