@@ -572,8 +572,14 @@ CASES = [
     pytest.param(
         lambda k: call(hd.tl.fit, edited(k.table(), _set_value("abund", (0, 1), -2.0)), features="handcrafted"),
         ValueError,
-        r"`Y` has negative values",
+        r"`obsm\['abund'\]` of slide .* has negative values; abundances must be >= 0",
         id="fit-negative-abundance",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.fit, k.table(), features="handcrafted", learning_rate=3),
+        TypeError,
+        r"Unknown hyperparameters \['learning_rate'\]; valid: .*'lr'",
+        id="fit-unknown-hyperparameter",
     ),
     pytest.param(
         lambda k: call(hd.tl.fit, k.table()[:0].copy(), features="handcrafted"),
@@ -605,6 +611,12 @@ CASES = [
         ValueError,
         r"has 20 dims but the model expects 51.*overwrite=True",
         id="predict-feature-dim-mismatch",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.predict, k.table()[:0].copy(), k.model),
+        ValueError,
+        r"The table has no spots to predict",
+        id="predict-empty-table",
     ),
     pytest.param(
         lambda k: call(hd.tl.predict, edited(k.table(), _drop("obsm", "X_handcrafted")), k.model),

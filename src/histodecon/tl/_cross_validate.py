@@ -1,0 +1,270 @@
+"""Leave-one-group-out and cross-dataset evaluation of the regressor, per feature configuration."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from histodecon._settings import logger
+from histodecon._utils import get_table
+from histodecon.metrics._scores import cc_score, l1_score
+
+from ._fit import Slide, _in_tissue, as_slide_list, feature_names, training_data
+from ._regressor import AbundanceRegressor, check_hyperparameters
+
+#: Fold name of the single train/test split of the cross-dataset mode.
+CROSS_DATASET_FOLD = "test"
+
+
+@dataclass
+class CVResult:
+    """Scores of :func:`cross_validate`.
+
+    Attributes
+    ----------
+    scores
+        Tidy table, one row per configuration, fold, test sample and cell type. Columns:
+        ``configuration`` (encoder names joined by ``"+"``, e.g. ``"conch+uni"``), ``fold``
+        (the held-out group, or ``"test"`` in cross-dataset mode), ``sample`` (the test
+        slide, from ``obs["sample"]``), ``cell_type``, ``cc`` (Pearson correlation of that
+        cell type across the in-tissue spots of the sample; NaN where truth or prediction is
+        constant) and ``l1`` (the sample's L1 score, the per-spot L1 distance of proportions
+        averaged over its spots; repeated on every cell-type row of the sample).
+    summary
+        One row per configuration, fold and test sample. Columns ``configuration``,
+        ``fold``, ``sample``, ``cc`` (the CC score: mean of ``scores.cc`` over the cell types
+        where it is defined), ``l1`` (the L1 score) and ``n_spots`` (in-tissue spots scored).
+    predictions
+        Out-of-fold predictions per configuration (only with ``keep_predictions=True``):
+        DataFrames indexed by (``sample``, ``spot``), with the cell types as columns.
+    """
+
+    scores: pd.DataFrame
+    summary: pd.DataFrame
+    predictions: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+
+def configurations(features: str | Sequence[str | Sequence[str]]) -> list[list[str]]:
+    """Feature configurations, each a list of encoder names.
+
+    A name or a flat list of names is one configuration (concatenated); a list holding lists
+    is one configuration per element.
+    """
+    if isinstance(features, str) or all(isinstance(f, str) for f in features):
+        return [feature_names(features)]
+    return [feature_names(f) for f in features]
+
+
+@dataclass
+class _Spots:
+    """In-tissue spots of all slides of one configuration, stacked."""
+
+    x: np.ndarray
+    y: pd.DataFrame
+    groups: np.ndarray | None
+    samples: np.ndarray
+    spots: np.ndarray
+    dims: list[int]
+
+
+def _stack(
+    slides: list[Slide],
+    features: list[str],
+    target: str,
+    table_key: str,
+    groupby: str | None,
+    dims: list[int] | None = None,
+) -> _Spots:
+    x, y, groups, dims = training_data(slides, features, target, table_key, groupby, dims)
+    samples, spots = [], []
+    for i, slide in enumerate(slides):
+        adata = get_table(slide, table_key)
+        keep = _in_tissue(adata)
+        sample = adata.obs["sample"].astype(str).to_numpy() if "sample" in adata.obs else np.full(adata.n_obs, str(i))
+        samples.append(sample[keep])
+        spots.append(adata.obs_names.to_numpy()[keep])
+    return _Spots(x, y, groups, np.concatenate(samples), np.concatenate(spots), dims)
+
+
+def _score(
+    configuration: str, fold: str, truth: pd.DataFrame, pred: np.ndarray, samples: np.ndarray
+) -> tuple[list[pd.DataFrame], list[dict]]:
+    """Per-type and per-sample scores of the test spots of one fold."""
+    rows, summary = [], []
+    for sample in pd.unique(samples):
+        mask = samples == sample
+        per_type = cc_score(truth.to_numpy()[mask], pred[mask], per_type=True)
+        l1 = l1_score(truth.to_numpy()[mask], pred[mask])
+        rows.append(
+            pd.DataFrame(
+                {
+                    "configuration": configuration,
+                    "fold": fold,
+                    "sample": sample,
+                    "cell_type": truth.columns,
+                    "cc": per_type.to_numpy(),
+                    "l1": l1,
+                }
+            )
+        )
+        summary.append(
+            {
+                "configuration": configuration,
+                "fold": fold,
+                "sample": sample,
+                "cc": float(per_type.mean()),
+                "l1": l1,
+                "n_spots": int(mask.sum()),
+            }
+        )
+    return rows, summary
+
+
+def cross_validate(
+    slides: Slide | Sequence[Slide] | None = None,
+    *,
+    groupby: str | None = "patient",
+    features: str | Sequence[str | Sequence[str]] = ("conch", "uni"),
+    target: str = "abund",
+    train: Slide | Sequence[Slide] | None = None,
+    test: Slide | Sequence[Slide] | None = None,
+    table_key: str = "table",
+    keep_predictions: bool = False,
+    device: str | None = None,
+    seed: int = 0,
+    **hyperparameters: Any,
+) -> CVResult:
+    """Evaluate the regressor on held-out slides, by leave-one-group-out or across datasets.
+
+    **Leave-one-group-out** (``slides``): for every value of ``obs[groupby]`` (a patient by
+    default; a group may span several slides, like the two sections of her2st patient C),
+    a model is trained on the in-tissue spots of all other groups and scored on that group,
+    slide by slide. Early stopping validates on held-out groups of the training data (or
+    random training spots when it has fewer than three groups), never on the test group.
+    **Cross-dataset** (``train=`` and ``test=``): one model trained on ``train``, scored on
+    every slide of ``test``.
+
+    Scores are the CC and L1 scores of :mod:`histodecon.metrics` per test slide; each
+    feature configuration gets its own block of results.
+
+    Parameters
+    ----------
+    slides
+        Slides for leave-one-group-out (leave ``None`` in cross-dataset mode).
+    groupby
+        ``obs`` column whose values are the folds (leave-one-group-out); it also groups the
+        training spots for the early-stopping split. In cross-dataset mode, ``None`` holds
+        out random training spots for early stopping instead.
+    features
+        Feature configurations. A name (``"uni"``) or a flat list of names
+        (``["conch", "uni"]``, concatenated) is one configuration; a list holding lists is
+        several, e.g. ``["conch", "uni", ["conch", "uni"]]`` for the paper's ablation.
+    target
+        ``obsm`` key of the true abundances.
+    train
+        Training slides of the cross-dataset mode.
+    test
+        Test slides of the cross-dataset mode.
+    table_key
+        Name of the table in a SpatialData; ignored for an AnnData.
+    keep_predictions
+        Return the out-of-fold predictions in :attr:`CVResult.predictions`.
+    device
+        Torch device; ``None`` uses :attr:`histodecon.settings.device`.
+    seed
+        Seed of every model trained.
+    **hyperparameters
+        Passed to :class:`AbundanceRegressor`.
+
+    Returns
+    -------
+    A :class:`CVResult` with ``scores`` (per cell type) and ``summary`` (per slide); see it
+    for the columns.
+
+    Examples
+    --------
+    >>> import histodecon as hd
+    >>> sections = [hd.datasets.her2st(s) for s in ("B4", "C2", "C3")]  # doctest: +SKIP
+    >>> for sdata in sections:
+    ...     hd.tl.embed(sdata, models=["handcrafted"])  # doctest: +SKIP
+    >>> cv = hd.tl.cross_validate(sections, features="handcrafted", target="proportions")  # doctest: +SKIP
+    >>> cv.summary  # doctest: +SKIP
+    """
+    check_hyperparameters(hyperparameters)
+    cross_dataset = train is not None or test is not None
+    if cross_dataset and (slides is not None or train is None or test is None):
+        raise ValueError(
+            "Pass either `slides` (leave-one-group-out) or both `train=` and `test=` (cross-dataset), not a mix."
+        )
+    if not cross_dataset and (slides is None or groupby is None):
+        raise ValueError(
+            "Leave-one-group-out needs `slides` and a `groupby=` obs column; "
+            "or pass `train=` and `test=` slides for the cross-dataset mode."
+        )
+    configs = configurations(features)
+    scores, summary, predictions = [], [], {}
+    for names in configs:
+        configuration = "+".join(names)
+        if cross_dataset:
+            train_spots = _stack(as_slide_list(train, "train"), names, target, table_key, groupby)
+            test_spots = _stack(as_slide_list(test, "test"), names, target, table_key, None, train_spots.dims)
+            folds = [(CROSS_DATASET_FOLD, train_spots, test_spots)]
+        else:
+            spots = _stack(as_slide_list(slides), names, target, table_key, groupby)
+            values = pd.unique(spots.groups)
+            if len(values) < 2:
+                raise ValueError(
+                    f"Leave-one-group-out needs at least two values of `obs[{groupby!r}]`, found {list(values)}. "
+                    "Pass another `groupby=` (e.g. 'sample') or use `train=` / `test=`."
+                )
+            folds = [(str(v), *_split(spots, spots.groups == v)) for v in values]
+        fold_predictions = []
+        for fold, train_spots, test_spots in folds:
+            _check_cell_types(train_spots.y, test_spots.y, target)
+            model = AbundanceRegressor(seed=seed, device=device, **hyperparameters)
+            model.fit(
+                train_spots.x,
+                train_spots.y,
+                groups=train_spots.groups,
+                feature_dims=dict(zip(names, train_spots.dims, strict=True)),
+            )
+            truth = test_spots.y[list(train_spots.y.columns)]
+            pred = model.predict(test_spots.x)
+            rows, sums = _score(configuration, fold, truth, pred, test_spots.samples)
+            scores += rows
+            summary += sums
+            for row in sums:
+                logger.info(f"{configuration}, fold {fold}, {row['sample']}: CC {row['cc']:.3f}, L1 {row['l1']:.3f}")
+            if keep_predictions:
+                index = pd.MultiIndex.from_arrays([test_spots.samples, test_spots.spots], names=["sample", "spot"])
+                fold_predictions.append(pd.DataFrame(pred, index=index, columns=truth.columns))
+        if keep_predictions:
+            predictions[configuration] = pd.concat(fold_predictions)
+    return CVResult(pd.concat(scores, ignore_index=True), pd.DataFrame(summary), predictions)
+
+
+def _split(spots: _Spots, is_test: np.ndarray) -> tuple[_Spots, _Spots]:
+    def take(mask: np.ndarray) -> _Spots:
+        return _Spots(
+            spots.x[mask],
+            spots.y[mask].reset_index(drop=True),
+            spots.groups[mask] if spots.groups is not None else None,
+            spots.samples[mask],
+            spots.spots[mask],
+            spots.dims,
+        )
+
+    return take(~is_test), take(is_test)
+
+
+def _check_cell_types(train_y: pd.DataFrame, test_y: pd.DataFrame, target: str) -> None:
+    if set(train_y.columns) != set(test_y.columns):
+        raise ValueError(
+            f"Training and test slides have different cell types in `obsm[{target!r}]`: only in training "
+            f"{sorted(set(train_y.columns) - set(test_y.columns))}, only in test "
+            f"{sorted(set(test_y.columns) - set(train_y.columns))}. Use targets with the same columns."
+        )

@@ -1,0 +1,193 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from anndata import AnnData
+
+import histodecon as hd
+from histodecon.io._build import build_sdata
+from histodecon.tl._fit import training_data
+
+CELL_TYPES = ["tumour", "T cells", "fibroblasts"]
+SMALL = {"hidden": (32, 32, 16), "lr": 1e-2, "max_epochs": 60, "batch_size": 64, "patience": 5}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny networks gain nothing from intra-op threads, and lose much on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_slide(sample, n=200, seed=0, patient=None):
+    """A table whose embeddings X_a (4-d) and X_b (2-d) determine the abundances nonlinearly."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, 6)).astype(np.float32)
+    abund = np.stack([np.exp(z[:, 0]), 2 * np.maximum(z[:, 4], 0), z[:, 1] ** 2 + np.abs(z[:, 5])], axis=1)
+    names = [f"{sample}_{i}" for i in range(n)]
+    adata = AnnData(
+        obs=pd.DataFrame({"sample": sample, "in_tissue": True, "patient": patient or sample}, index=names),
+        obsm={"X_a": z[:, :4], "X_b": z[:, 4:], "abund": pd.DataFrame(abund, index=names, columns=CELL_TYPES)},
+    )
+    return adata
+
+
+@pytest.fixture(scope="module")
+def model():
+    slides = [make_slide(f"s{i}", seed=i) for i in range(3)]
+    return hd.tl.fit(slides, features=["a", "b"], **SMALL)
+
+
+def test_fit_beats_mean_predictor_on_a_held_out_slide(model):
+    test = make_slide("held_out", seed=10)
+    hd.tl.predict(test, model)
+    pred, truth = test.obsm["pred_abund"], test.obsm["abund"]
+    assert list(pred.columns) == CELL_TYPES and pred.index.equals(test.obs_names)
+    mse_model = np.mean((pred.values - truth.values) ** 2)
+    mse_mean = np.mean((truth.values - truth.values.mean(axis=0)) ** 2)
+    assert mse_model < 0.1 * mse_mean
+    assert hd.metrics.cc_score(truth, pred) > 0.9
+    record = test.uns["histodecon"]["predictions"]["pred_abund"]
+    assert record["features"] == ["a", "b"] and record["feature_dims"] == [4, 2]
+    assert record["training_samples"] == ["s0", "s1", "s2"] and record["cell_types"] == CELL_TYPES
+
+
+def colour_features(sdata):
+    """Optical-density statistics of the centre of every spot: a tiny image encoder for tests."""
+    patches = hd.pp.spot_patches(sdata, size=64)
+    blocks = []
+    for _, batch in patches.batches(256):
+        density = -np.log(np.clip(batch.astype(np.float32) / 255, 1 / 255, 1)).reshape(len(batch), -1, 3)
+        quantiles = np.quantile(density, [0.1, 0.5, 0.9], axis=1).transpose(1, 0, 2).reshape(len(batch), -1)
+        blocks.append(np.hstack([density.mean(axis=1), density.std(axis=1), quantiles]))
+    return np.vstack(blocks)
+
+
+def test_fit_on_synthetic_slides_beats_the_mean_on_a_held_out_slide():
+    """Image -> colour features -> abundances, trained on two synthetic slides, scored on a third."""
+    slides = [hd.datasets.synthetic(n_spots=200, seed=s, sample=f"s{s}", counts=False) for s in range(3)]
+    for sdata in slides:
+        sdata.tables["table"].obsm["X_colour"] = colour_features(sdata)
+    model = hd.tl.fit(slides[:2], features="colour", **SMALL)
+    hd.tl.predict(slides[2], model)
+    tables = [sdata.tables["table"] for sdata in slides]
+    in_tissue = [t.obs["in_tissue"].to_numpy(dtype=bool) for t in tables]
+    truth = tables[2].obsm["abund"][in_tissue[2]]
+    pred = tables[2].obsm["pred_abund"][in_tissue[2]]
+    train_mean = pd.concat([t.obsm["abund"][keep] for t, keep in zip(tables[:2], in_tissue[:2], strict=True)]).mean()
+    mean_pred = pd.DataFrame(np.broadcast_to(train_mean.values, truth.shape), index=truth.index, columns=truth.columns)
+    assert np.mean((pred.values - truth.values) ** 2) < 0.3 * np.mean((mean_pred.values - truth.values) ** 2)
+    assert hd.metrics.cc_score(truth, pred) > 0.7
+    assert hd.metrics.l1_score(truth, pred) < 0.6 * hd.metrics.l1_score(truth, mean_pred)
+
+
+def test_fit_records_features_in_order_and_groups(model):
+    assert model.feature_keys == ["a", "b"] and model.feature_dims == [4, 2]
+    assert model.cell_types == CELL_TYPES
+    assert model.provenance["samples"] == ["s0", "s1", "s2"] and model.provenance["target"] == "abund"
+    assert model.provenance["validation_split"] == "groups"  # three slides: one held out for early stopping
+    assert model.provenance["n_validation_spots"] == 200
+
+
+def test_only_in_tissue_spots_are_used_and_targets_aligned_by_name():
+    first, second = make_slide("s0", n=10, seed=0), make_slide("s1", n=10, seed=1)
+    second.obs["in_tissue"] = np.arange(10) < 6
+    second.obsm["X_a"][7] = np.nan  # off tissue: ignored
+    second.obsm["abund"] = second.obsm["abund"][CELL_TYPES[::-1]]
+    x, y, groups, dims = training_data([first, second], ["b", "a"], "abund", "table", "sample")
+    assert x.shape == (16, 6) and dims == [2, 4]
+    np.testing.assert_array_equal(x[10:, :2], second.obsm["X_b"][:6])
+    assert list(y.columns) == CELL_TYPES
+    np.testing.assert_array_equal(y.values[10:], second.obsm["abund"][CELL_TYPES].values[:6].astype(np.float32))
+    assert list(groups) == ["s0"] * 10 + ["s1"] * 6
+
+
+def test_array_target_gets_numbered_cell_types():
+    slide = make_slide("s0", n=40)
+    slide.obsm["abund"] = slide.obsm["abund"].to_numpy()
+    model = hd.tl.fit(slide, features="a", groupby=None, hidden=(8,), max_epochs=2)
+    assert model.cell_types == ["0", "1", "2"] and model.feature_keys == ["a"]
+
+
+def test_fit_refuses_bad_slides():
+    good = make_slide("s0", n=20)
+    missing = make_slide("s1", n=20)
+    del missing.obsm["X_b"]
+    with pytest.raises(KeyError, match=r"no `obsm\['X_b'\]`.*hd.tl.embed\(sdata, models=\['b'\]\)"):
+        hd.tl.fit([good, missing], features=["a", "b"])
+    with pytest.raises(KeyError, match="hd.tl.deconvolve"):
+        hd.tl.fit(good, features="a", target="q05")
+    wider = make_slide("s1", n=20)
+    wider.obsm["X_a"] = np.zeros((20, 5), dtype=np.float32)
+    with pytest.raises(ValueError, match="has 5 dims but the model expects 4"):
+        hd.tl.fit([good, wider], features="a")
+    other_types = make_slide("s1", n=20)
+    other_types.obsm["abund"] = other_types.obsm["abund"].rename(columns={"tumour": "NK"})
+    with pytest.raises(ValueError, match=r"missing \['tumour'\], extra \['NK'\]"):
+        hd.tl.fit([good, other_types], features="a")
+    nan_target = make_slide("s1", n=20)
+    nan_target.obsm["abund"].iloc[2, 1] = np.nan
+    with pytest.raises(ValueError, match=r"Target `obsm\['abund'\]` of slide s1 has NaN or infinite values in 1"):
+        hd.tl.fit(nan_target, features="a")
+    with pytest.raises(KeyError, match="groupby=None"):
+        hd.tl.fit(good, features="a", groupby="donor")
+    with pytest.raises(TypeError, match="non-empty list"):
+        hd.tl.fit([], features="a")
+    with pytest.raises(ValueError, match="twice"):
+        hd.tl.fit(good, features=["a", "a"])
+    with pytest.raises(TypeError, match=r"Unknown hyperparameters \['dropout'\]"):
+        hd.tl.fit(good, features="a", dropout=0.1)
+
+
+def test_predict_refuses_wrong_or_missing_features(model):
+    slide = make_slide("t", n=10)
+    del slide.obsm["X_b"]
+    with pytest.raises(KeyError, match=r"no `obsm\['X_b'\]`.*hd.tl.embed\(sdata, models=\['b'\]\)"):
+        hd.tl.predict(slide, model)
+    slide.obsm["X_b"] = np.zeros((10, 3), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"`obsm\['X_b'\]` of slide t has 3 dims but the model expects 2"):
+        hd.tl.predict(slide, model)
+    assert "pred_abund" not in slide.obsm
+    with pytest.raises(TypeError, match="AbundanceRegressor"):
+        hd.tl.predict(slide, "model.safetensors")
+    with pytest.raises(RuntimeError, match="not fitted"):
+        hd.tl.predict(make_slide("t", n=10), hd.tl.AbundanceRegressor())
+
+
+def test_predict_overwrite_copy_and_nan_rows(model):
+    slide = make_slide("t", n=10)
+    slide.obsm["X_a"][3] = np.nan
+    copied = hd.tl.predict(slide, model, copy=True)
+    assert "pred_abund" not in slide.obsm
+    pred = copied.obsm["pred_abund"]
+    assert pred.iloc[3].isna().all() and pred.drop(index="t_3").notna().all().all()
+    hd.tl.predict(slide, model, key_added="mlp")
+    with pytest.raises(KeyError, match="overwrite=True"):
+        hd.tl.predict(slide, model, key_added="mlp")
+    hd.tl.predict(slide, model, key_added="mlp", overwrite=True)
+    pd.testing.assert_frame_equal(slide.obsm["mlp"], pred)
+
+
+def test_predict_on_spatialdata(model):
+    adata = make_slide("sd", n=6)
+    sdata = build_sdata(
+        np.zeros((3, 64, 64), dtype=np.uint8),
+        np.full((6, 2), 32.0),
+        sample="sd",
+        mpp=1.0,
+        spot_diameter_px=10,
+        spot_ids=adata.obs_names,
+    )
+    table = sdata.tables["table"]
+    for key in ("X_a", "X_b"):
+        table.obsm[key] = adata.obsm[key]
+    copied = hd.tl.predict(sdata, model, copy=True)
+    assert "pred_abund" not in table.obsm
+    assert copied.images["sd_image"] is sdata.images["sd_image"]
+    hd.tl.predict(sdata, model)
+    pd.testing.assert_frame_equal(table.obsm["pred_abund"], copied.tables["table"].obsm["pred_abund"])
+    np.testing.assert_allclose(
+        table.obsm["pred_abund"].values, model.predict(np.hstack([adata.obsm["X_a"], adata.obsm["X_b"]]))
+    )
