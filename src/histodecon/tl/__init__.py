@@ -1,1 +1,8 @@
 """Tools: embedding, deconvolution, training and prediction."""
+
+from ._cross_validate import CVResult, cross_validate
+from ._deconvolve import deconvolve, reference_signatures
+from ._distributed import embed_many, predict_many
+from ._embed import embed
+from ._fit import fit, predict
+from ._regressor import AbundanceRegressor
