@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?= -n 2 -m "not slow"
+# The tutorials run top to bottom as part of the suite (nbmake), reading ../shared/data when present.
+TEST_PATHS := tests --nbmake --nbmake-timeout=900 tutorials
 
 .PHONY: install demo test test-all lint docs clean
 
@@ -19,10 +21,10 @@ demo: $(STAMP)
 	$(BIN)/python -m histodecon demo --out demo_output
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS) $(TEST_PATHS)
 
 test-all: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2 $(TEST_PATHS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -39,7 +39,7 @@ MATCH = {
 
 def main(quick: bool) -> None:
     hd.settings.progress = False
-    reference_epochs, spatial_epochs, num_samples = (20, 200, 100) if quick else (250, 3000, 1000)
+    reference_epochs, spatial_epochs, num_samples = (20, 200, 100) if quick else (250, 3000, 200)
     slides = [hd.datasets.her2st(section, data_dir=DATA_DIR / "her2st") for section in ("C2", "C3")]
     reference = ad.read_h5ad(DATA_DIR / "reference" / "wu2021_CID4465.h5ad")
     start = time.perf_counter()

@@ -245,7 +245,8 @@ def test_recovers_synthetic_abundances(quiet_progress):
         labels_key="cell_type",
         max_epochs=RECOVERY_EPOCHS,
         reference_epochs=100,
-        num_samples=200,
+        num_samples=100,
+        n_cells_per_location=10,  # the synthetic slides hold about 11 cells per spot
         key_added="c2l",
     )
     table = sdata.tables["table"]

@@ -1,0 +1,35 @@
+"""`python -m histodecon demo`: the whole pipeline on synthetic slides, and its output folder rule."""
+
+import json
+
+import pytest
+
+from histodecon.__main__ import main
+
+
+def test_demo_refuses_a_foreign_non_empty_folder(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="not the output of an earlier demo"):
+        main(["demo", "--out", str(tmp_path), "--quick"])
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_quick_demo_writes_report_and_figures(tmp_path, monkeypatch):
+    monkeypatch.delenv("HISTODECON_DATA_DIR", raising=False)
+    out = tmp_path / "demo"
+    main(["demo", "--out", str(out), "--quick"])
+    for name in (
+        "report.html",
+        "scores.png",
+        "colocalization.png",
+        "held_out_abundance.png",
+        "new_slide_abundance.png",
+        "model.safetensors",
+        "model.json",
+        "cross_validation_summary.csv",
+    ):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["leave_one_slide_out"]) == 4
+    assert all(0 <= row["l1"] <= 2 for row in summary["leave_one_slide_out"])
