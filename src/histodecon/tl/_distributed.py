@@ -107,7 +107,7 @@ def embed_many(
     ...     hd.tl.embed_many(slides, ["handcrafted"], stores="embeddings", client=client)
     >>> hd.tl.embed_many(slides, ["handcrafted"], stores="embeddings")  # no client: one by one here
     >>> slides[0].tables["table"].obsm["X_handcrafted"].shape
-    (50, 53)
+    (50, 51)
     """
     slides = _as_slides(slides)
     names = _model_names(models)
@@ -121,7 +121,7 @@ def embed_many(
         if table.n_obs == 0:
             raise ValueError("A slide's table has no spots to embed; drop it from `slides`.")
         for name in names:
-            check_overwrite(table.obsm, f"X_{name}", "adata.obsm", overwrite)
+            check_overwrite(table.obsm, f"X_{name}", "adata.obsm", overwrite, can_rename=False)
     paths = [Path(stores) / f"{slide_id}.zarr" for slide_id in _slide_ids(tables)]
     Path(stores).mkdir(parents=True, exist_ok=True)
 
