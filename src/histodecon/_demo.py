@@ -128,8 +128,8 @@ def run(out: Path, *, data_dir: Path | None = None, quick: bool = False) -> Path
         data = synthetic_data(
             out,
             n_spots=150 if quick else 300,
-            deconvolution_epochs=500 if quick else 3000,
-            reference_epochs=100 if quick else 250,
+            deconvolution_epochs=300 if quick else 1000,
+            reference_epochs=1000,
         )
     every_slide = [*data.training, data.held_out, data.new_slide]
     for slide in every_slide:
