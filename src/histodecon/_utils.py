@@ -16,6 +16,22 @@ UNS_KEY = "histodecon"
 MIN_SPOT_SPACING_UM = 1.0
 
 
+def copy_data(data: Any) -> Any:
+    """A copy whose tables can be written to without touching ``data``; images and shapes are shared."""
+    from spatialdata import SpatialData
+
+    if isinstance(data, AnnData):
+        return data.copy()
+    return SpatialData(
+        images=dict(data.images),
+        labels=dict(data.labels),
+        points=dict(data.points),
+        shapes=dict(data.shapes),
+        tables={name: table.copy() for name, table in data.tables.items()},
+        attrs=dict(data.attrs),
+    )
+
+
 def get_table(data: Any, table_key: str = "table") -> AnnData:
     """Return the AnnData of ``data``: itself if AnnData, else ``data.tables[table_key]``."""
     if isinstance(data, AnnData):

@@ -12,9 +12,9 @@ from scipy import sparse, stats
 from spatialdata import SpatialData
 
 from histodecon._docs import inject_docs
-from histodecon._utils import check_overwrite, get_table, write_result
+from histodecon._utils import check_overwrite, copy_data, get_table, write_result
 
-from ._rbf import copy_data, sample_blocks
+from ._rbf import sample_blocks
 
 #: Bytes allowed for each (spots x permutations x cell types) array of a batch of permutations.
 _PERMUTATION_BATCH_BYTES = 64 * 2**20

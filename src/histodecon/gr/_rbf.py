@@ -14,6 +14,7 @@ from histodecon._utils import (
     check_overwrite,
     check_positive,
     check_spot_spacing,
+    copy_data,
     get_table,
     sample_info,
     write_result,
@@ -23,20 +24,6 @@ from histodecon._utils import (
 DEFAULT_LENGTH_SCALE_UM = 240.0
 #: Default truncation: weights below 0.2 are dropped (SpatialDM and Hist2Cell).
 DEFAULT_CUTOFF = 0.2
-
-
-def copy_data(data: SpatialData | AnnData) -> SpatialData | AnnData:
-    """A copy whose tables can be written to without touching ``data``; images and shapes are shared."""
-    if isinstance(data, AnnData):
-        return data.copy()
-    return SpatialData(
-        images=dict(data.images),
-        labels=dict(data.labels),
-        points=dict(data.points),
-        shapes=dict(data.shapes),
-        tables={name: table.copy() for name, table in data.tables.items()},
-        attrs=dict(data.attrs),
-    )
 
 
 def truncation_radius(length_scale: float, cutoff: float) -> float:

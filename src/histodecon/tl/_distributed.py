@@ -22,7 +22,7 @@ from histodecon._settings import logger, settings
 from histodecon._utils import check_overwrite, get_table, provenance, samples_of, write_result
 from histodecon.pp._patches import spot_patches
 
-from ._embed import _as_slides, _embed_slide, _model_names, _weights_per_model
+from ._embed import _as_slides, _checked_tables, _embed_slide, _model_names, _weights_per_model
 from ._fit import as_slide_list, predict
 from ._regressor import AbundanceRegressor
 from ._regressor import _paths as model_files
@@ -113,15 +113,9 @@ def embed_many(
     names = _model_names(models)
     entries = [encoders.get(name) for name in names]
     weights = {name: os.fspath(path) for name, path in _weights_per_model(weights, names).items()}
-    for value, what in ((batch_size, "batch_size"), (num_workers, "num_workers")):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{what}` must be a positive integer, got {value!r}.")
-    tables = [get_table(slide, table_key) for slide in slides]
-    for table in tables:
-        if table.n_obs == 0:
-            raise ValueError("A slide's table has no spots to embed; drop it from `slides`.")
-        for name in names:
-            check_overwrite(table.obsm, f"X_{name}", "adata.obsm", overwrite, can_rename=False)
+    tables = _checked_tables(
+        slides, names, batch_size=batch_size, num_workers=num_workers, table_key=table_key, overwrite=overwrite
+    )
     paths = [Path(stores) / f"{slide_id}.zarr" for slide_id in _slide_ids(tables)]
     Path(stores).mkdir(parents=True, exist_ok=True)
 

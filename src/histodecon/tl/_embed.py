@@ -96,16 +96,9 @@ def embed(
     entries = [encoders.get(name) for name in names]
     weights = _weights_per_model(weights, names)
     stores = _stores_per_slide(store, len(slides))
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
-        raise ValueError(f"`num_workers` must be a positive number of reading threads, got {num_workers!r}.")
-    tables = [get_table(slide, table_key) for slide in slides]
-    for table in tables:
-        if table.n_obs == 0:
-            raise ValueError("The table has no spots to embed.")
-        for name in names:
-            check_overwrite(table.obsm, f"X_{name}", "adata.obsm", overwrite, can_rename=False)
+    tables = _checked_tables(
+        slides, names, batch_size=batch_size, num_workers=num_workers, table_key=table_key, overwrite=overwrite
+    )
     patches = [
         {(e.patch_size, e.mpp): spot_patches(slide, size=e.patch_size, mpp=e.mpp, table_key=table_key) for e in entries}
         for slide in slides
@@ -167,6 +160,22 @@ def _weights_per_model(weights: Mapping | None, names: list[str]) -> Mapping:
     if unknown:
         raise ValueError(f"`weights` names {unknown}, which are not in `models` {names}.")
     return weights
+
+
+def _checked_tables(
+    slides: list[SpatialData], names: list[str], *, batch_size: int, num_workers: int, table_key: str, overwrite: bool
+) -> list:
+    """The slides' tables, after checking the loop options, that every table has spots and no result is replaced."""
+    for value, what in ((batch_size, "batch_size"), (num_workers, "num_workers")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{what}` must be a positive integer, got {value!r}.")
+    tables = [get_table(slide, table_key) for slide in slides]
+    for table in tables:
+        if table.n_obs == 0:
+            raise ValueError("A slide's table has no spots to embed; drop it from `slides`.")
+        for name in names:
+            check_overwrite(table.obsm, f"X_{name}", "adata.obsm", overwrite, can_rename=False)
+    return tables
 
 
 def _stores_per_slide(store: Any, n_slides: int) -> list[str | os.PathLike | None]:

@@ -13,7 +13,7 @@ from spatialdata import SpatialData
 
 from histodecon._docs import inject_docs
 from histodecon._settings import logger
-from histodecon._utils import check_overwrite, get_table, provenance, write_result
+from histodecon._utils import check_overwrite, copy_data, get_table, provenance, write_result
 
 from ._regressor import AbundanceRegressor, check_hyperparameters
 
@@ -237,20 +237,6 @@ def fit(
     return model
 
 
-def _shallow_copy(data: Slide) -> Slide:
-    """A copy whose tables are copied; a SpatialData's images and shapes are shared, not copied."""
-    if isinstance(data, AnnData):
-        return data.copy()
-    return SpatialData(
-        images=dict(data.images),
-        labels=dict(data.labels),
-        points=dict(data.points),
-        shapes=dict(data.shapes),
-        tables={key: table.copy() for key, table in data.tables.items()},
-        attrs=dict(data.attrs),
-    )
-
-
 @inject_docs
 def predict(
     data: Slide,
@@ -313,7 +299,7 @@ def predict(
     if not finite.all():
         logger.warning(f"{int((~finite).sum())} spots have NaN or infinite embeddings; their predictions are NaN.")
 
-    result = _shallow_copy(data) if copy else data
+    result = copy_data(data) if copy else data
     adata = get_table(result, table_key)
     write_result(
         adata,
