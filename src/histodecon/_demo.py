@@ -48,7 +48,7 @@ class DemoData:
     notes: list[str] = field(default_factory=list)
 
 
-def synthetic_data(out: Path, *, n_spots: int, deconvolution_epochs: int, reference_epochs: int) -> DemoData:
+def synthetic_data(out: Path, *, n_spots: int, deconvolution_epochs: int) -> DemoData:
     """Four synthetic slides with counts (three for training, one held out) and an H&E-only image.
 
     The training target is what cell2location recovers from the simulated counts (as in the
@@ -68,7 +68,6 @@ def synthetic_data(out: Path, *, n_spots: int, deconvolution_epochs: int, refere
         labels_key="cell_type",
         key_added="c2l",
         max_epochs=deconvolution_epochs,
-        reference_epochs=reference_epochs,
         num_samples=POSTERIOR_SAMPLES,
         n_cells_per_location=SYNTHETIC_CELLS_PER_SPOT,
     )
@@ -129,7 +128,6 @@ def run(out: Path, *, data_dir: Path | None = None, quick: bool = False) -> Path
             out,
             n_spots=150 if quick else 300,
             deconvolution_epochs=300 if quick else 1000,
-            reference_epochs=1000,
         )
     every_slide = [*data.training, data.held_out, data.new_slide]
     for slide in every_slide:

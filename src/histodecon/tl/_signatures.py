@@ -220,7 +220,8 @@ def reference_signatures(
     Returns
     -------
     pandas.DataFrame
-        Genes x cell types, posterior mean expression (counts per cell).
+        Genes x cell types (in the order of the labels' categories), posterior mean expression
+        (counts per cell).
 
     Examples
     --------
@@ -237,8 +238,16 @@ def reference_signatures(
 def fit_signatures(
     cells: AnnData, *, max_epochs: int, num_samples: int, seed: int, device: str | None
 ) -> tuple[pd.DataFrame, float]:
-    """Train the regression model on a prepared reference (obs ``label``, optional ``batch``)."""
+    """Train the regression model on a prepared reference (obs ``label``, optional ``batch``).
+
+    cell2location 0.1.5 starts each type's signature from the mean of the type at the same position
+    in *sorted* label order, but trains and names it by the categorical's order: unless the
+    categories are sorted, types start from (and, in short trainings, keep) another type's profile.
+    The labels are therefore handed over sorted, and the columns returned in the caller's order.
+    """
     models = import_cell2location().models
+    order = list(cells.obs["label"].cat.categories)
+    cells.obs["label"] = cells.obs["label"].cat.reorder_categories(sorted(order))
     kwargs = train_kwargs(device)
     with quiet_training(), seeded(seed, device):
         models.RegressionModel.setup_anndata(
@@ -258,6 +267,7 @@ def fit_signatures(
     names = list(cells.uns["mod"]["factor_names"])
     means = cells.varm["means_per_cluster_mu_fg"][[SIGNATURE_PREFIX + name for name in names]]
     means.columns = names
+    means = means[order]
     elbo = final_elbo(model)
     logger.info(f"Reference model trained for {max_epochs} epochs, final ELBO loss {elbo:.4g}.")
     return means.astype(np.float64), elbo
