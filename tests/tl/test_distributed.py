@@ -1,5 +1,8 @@
+import ctypes
 import dataclasses
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -208,3 +211,35 @@ def test_cluster_predict_many_matches_predict(embedded_tables, client, tmp_path)
     for a, b, truth in zip(from_object, from_file, expected, strict=True):
         pd.testing.assert_frame_equal(a.obsm["pred_abund"], truth)
         pd.testing.assert_frame_equal(b.obsm["pred_abund"], truth)
+
+
+#: Run like a dask worker (the nanny's trim setting): does an 8 MiB buffer get its own mmap, before and after?
+_MMAP_PROBE = """
+import ctypes
+import numpy as np
+from histodecon.tl._distributed import _raise_mmap_threshold
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+
+def mapped_by_allocation():
+    before = libc.mallinfo2().hblkhd
+    buffer = np.ones(2**20)
+    return libc.mallinfo2().hblkhd - before >= buffer.nbytes
+
+print(mapped_by_allocation())
+_raise_mmap_threshold()
+print(mapped_by_allocation())
+"""
+
+
+@pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "mallinfo2"), reason="needs glibc >= 2.33")
+def test_worker_serves_batch_buffers_from_the_heap():
+    env = os.environ | {"MALLOC_TRIM_THRESHOLD_": "65536"}
+    env.pop("MALLOC_MMAP_THRESHOLD_", None)
+    result = subprocess.run([sys.executable, "-c", _MMAP_PROBE], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["True", "False"]
