@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -103,6 +103,19 @@ def sample_info(adata: AnnData, sample: str | None = None) -> dict:
             "slide with `hd.io` (or `hd.io.from_anndata`), which records each sample's mpp, spot size and image."
         )
     return records[sample]
+
+
+def encoder_names(names: str | Sequence[str], argument: str) -> list[str]:
+    """Encoder names as a list: ``"uni"`` -> ``["uni"]``; empty lists and duplicates refused.
+
+    ``argument`` is the parameter the names came in (``"models"``, ``"features"``), for the messages.
+    """
+    listed = [names] if isinstance(names, str) else list(names)
+    if not listed or not all(isinstance(name, str) for name in listed):
+        raise TypeError(f"`{argument}` must be an encoder name or a non-empty list of names, got {names!r}.")
+    if len(set(listed)) != len(listed):
+        raise ValueError(f"`{argument}` lists an encoder twice: {listed}.")
+    return listed
 
 
 def check_positive(value: float, name: str) -> None:

@@ -21,13 +21,7 @@ N_SPOTS = 60
 SMALL = {"hidden": (16, 16), "lr": 1e-2, "max_epochs": 5, "batch_size": 64, "patience": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Dask workers run torch on one thread; the single-process reference must too, to match bit for bit."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from anndata import AnnData
 
 import histodecon as hd
@@ -12,13 +11,7 @@ CELL_TYPES = ["tumour", "T cells", "fibroblasts"]
 SMALL = {"hidden": (32, 32, 16), "lr": 1e-2, "max_epochs": 60, "batch_size": 64, "patience": 5}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks gain nothing from intra-op threads, and lose much on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_slide(sample, n=200, seed=0, patient=None):

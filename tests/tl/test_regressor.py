@@ -12,14 +12,7 @@ from safetensors.torch import load_file, save_file
 import histodecon as hd
 from histodecon.tl._regressor import _record_checksum, _validation_split, loss_terms
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks gain nothing from intra-op threads, and lose much on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SMALL = {"hidden": (32, 32, 16), "lr": 1e-2, "max_epochs": 60, "batch_size": 64, "patience": 5}

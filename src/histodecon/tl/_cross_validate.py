@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 
 from histodecon._settings import logger
-from histodecon._utils import get_table
+from histodecon._utils import encoder_names, get_table
 from histodecon.metrics._scores import cc_score, l1_score
 
-from ._fit import Slide, _in_tissue, as_slide_list, feature_names, training_data
+from ._fit import Slide, _in_tissue, as_slide_list, training_data
 from ._regressor import AbundanceRegressor, check_hyperparameters
 
 #: Fold name of the single train/test split of the cross-dataset mode.
@@ -55,8 +55,8 @@ def configurations(features: str | Sequence[str | Sequence[str]]) -> list[list[s
     is one configuration per element.
     """
     if isinstance(features, str) or all(isinstance(f, str) for f in features):
-        return [feature_names(features)]
-    return [feature_names(f) for f in features]
+        return [encoder_names(features, "features")]
+    return [encoder_names(f, "features") for f in features]
 
 
 @dataclass

@@ -21,10 +21,10 @@ from tqdm.auto import tqdm
 from histodecon import encoders
 from histodecon._docs import inject_docs
 from histodecon._settings import logger, settings
-from histodecon._utils import check_overwrite, get_table, provenance, samples_of, write_result
+from histodecon._utils import check_overwrite, encoder_names, get_table, provenance, samples_of, write_result
 from histodecon.pp._patches import spot_patches
 
-from ._embed import _as_slides, _checked_tables, _embed_slide, _model_names, _weights_per_model
+from ._embed import _as_slides, _checked_tables, _embed_slide, _weights_per_model
 from ._fit import as_slide_list, predict
 from ._regressor import AbundanceRegressor
 from ._regressor import _paths as model_files
@@ -116,7 +116,7 @@ def embed_many(
     (50, 51)
     """
     slides = _as_slides(slides)
-    names = _model_names(models)
+    names = encoder_names(models, "models")
     entries = [encoders.get(name) for name in names]
     weights = {name: os.fspath(path) for name, path in _weights_per_model(weights, names).items()}
     tables = _checked_tables(

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from histodecon import encoders
 from histodecon._docs import inject_docs
 from histodecon._settings import logger, settings
-from histodecon._utils import check_overwrite, get_table, provenance, write_result
+from histodecon._utils import check_overwrite, encoder_names, get_table, provenance, write_result
 from histodecon.pp._patches import SpotPatches, spot_patches
 
 #: Batches read ahead of the model per reading thread; bounds the memory of prefetching.
@@ -92,7 +92,7 @@ def embed(
     (50, 51)
     """
     slides = _as_slides(data)
-    names = _model_names(models)
+    names = encoder_names(models, "models")
     entries = [encoders.get(name) for name in names]
     weights = _weights_per_model(weights, names)
     stores = _stores_per_slide(store, len(slides))
@@ -135,16 +135,6 @@ def _as_slides(data: Any) -> list[SpatialData]:
                 raise TypeError(f"hd.tl.embed takes SpatialData slides, got a {type(slide).__name__}.")
         return list(slides)
     raise TypeError(f"`data` must be a SpatialData or a non-empty list of them, got {type(data).__name__}.")
-
-
-def _model_names(models: str | Sequence[str]) -> list[str]:
-    """Encoder names as a list; empty lists and duplicates refused."""
-    names = [models] if isinstance(models, str) else list(models)
-    if not names or not all(isinstance(name, str) for name in names):
-        raise TypeError(f"`models` must be an encoder name or a non-empty list of names, got {models!r}.")
-    if len(set(names)) != len(names):
-        raise ValueError(f"`models` lists an encoder twice: {names}.")
-    return names
 
 
 def _weights_per_model(weights: Mapping | None, names: list[str]) -> Mapping:

@@ -13,7 +13,7 @@ from spatialdata import SpatialData
 
 from histodecon._docs import inject_docs
 from histodecon._settings import logger
-from histodecon._utils import check_overwrite, copy_data, get_table, provenance, write_result
+from histodecon._utils import check_overwrite, copy_data, encoder_names, get_table, provenance, write_result
 
 from ._regressor import AbundanceRegressor, check_hyperparameters
 
@@ -31,16 +31,6 @@ def as_slide_list(slides: Slide | Sequence[Slide], name: str = "slides") -> list
     raise TypeError(
         f"`{name}` must be a SpatialData, an AnnData or a non-empty list of them, got {type(slides).__name__}."
     )
-
-
-def feature_names(features: str | Sequence[str]) -> list[str]:
-    """Encoder names as a list: ``"uni"`` -> ``["uni"]``; duplicates and empty lists refused."""
-    names = [features] if isinstance(features, str) else list(features)
-    if not names or not all(isinstance(n, str) for n in names):
-        raise TypeError(f"`features` must be an encoder name or a non-empty list of names, got {features!r}.")
-    if len(set(names)) != len(names):
-        raise ValueError(f"`features` lists an encoder twice: {names}.")
-    return names
 
 
 def _slide_name(adata: AnnData) -> str:
@@ -228,7 +218,7 @@ def fit(
     ['tumour', 'lymphocyte', 'fibroblast', 'adipocyte', 'endothelial']
     """
     slides = as_slide_list(slides)
-    names = feature_names(features)
+    names = encoder_names(features, "features")
     check_hyperparameters(hyperparameters)
     x, y, groups, dims = training_data(slides, names, target, table_key, groupby)
     model = AbundanceRegressor(seed=seed, device=device, **hyperparameters)
