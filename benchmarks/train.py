@@ -30,7 +30,7 @@ from anndata import AnnData
 from torch.utils.data import DataLoader, TensorDataset
 
 import histodecon as hd
-from histodecon.tl._regressor import _Network
+from histodecon.tl._network import AbundanceNetwork
 
 FULL = {"n_spots": 13_600, "n_dims": 1536, "n_types": 39, "n_patients": 8}
 QUICK = {"n_spots": 2_000, "n_dims": 256, "n_types": 10, "n_patients": 4}
@@ -87,15 +87,15 @@ def dataloader_epochs(model: hd.tl.AbundanceRegressor, x: np.ndarray, y: np.ndar
     model's own split (which held out whole patients), so that epochs do the same work.
     """
     hp = model.hyperparameters
-    torch.manual_seed(hp["seed"])
-    network = _Network(x.shape[1], hp["hidden"], y.shape[1])
+    torch.manual_seed(hp.seed)
+    network = AbundanceNetwork(x.shape[1], hp.hidden, y.shape[1])
     n_val = model.provenance["n_validation_spots"]
     x_std = (x - x[n_val:].mean(0)) / x[n_val:].std(0)
     y_std = y / y[n_val:].std(0)
     train = TensorDataset(torch.from_numpy(x_std[n_val:]).float(), torch.from_numpy(y_std[n_val:]).float())
     x_val, y_val = torch.from_numpy(x_std[:n_val]).float(), torch.from_numpy(y_std[:n_val]).float()
-    loader = DataLoader(train, batch_size=hp["batch_size"], shuffle=True)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+    loader = DataLoader(train, batch_size=hp.batch_size, shuffle=True)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
     start = time.perf_counter()
     for _ in range(epochs):
         network.train()
@@ -144,7 +144,7 @@ def main() -> None:
         {
             **size,
             "torch_threads": args.threads,
-            "hidden": model.hyperparameters["hidden"],
+            "hidden": list(model.hyperparameters.hidden),
             "one_fold_fit_s": fit_s,
             "epochs_to_early_stop": epochs,
             "best_epoch": model.best_epoch,

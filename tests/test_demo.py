@@ -2,8 +2,10 @@
 
 import json
 
+import matplotlib
 import pytest
 
+import histodecon as hd
 from histodecon.__main__ import main
 
 
@@ -12,6 +14,21 @@ def test_demo_refuses_a_foreign_non_empty_folder(tmp_path):
     with pytest.raises(SystemExit, match="not the output of an earlier demo"):
         main(["demo", "--out", str(tmp_path), "--quick"])
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_demo_restores_the_settings_it_changes_even_when_it_fails(tmp_path, monkeypatch):
+    (tmp_path / "her2st" / "ST-cnts").mkdir(parents=True)  # a her2st folder without the sections
+    monkeypatch.setenv("HISTODECON_DATA_DIR", str(tmp_path / "her2st"))
+    monkeypatch.setattr(hd.settings, "progress", True)
+    backend = matplotlib.get_backend()
+    matplotlib.use("pdf")
+    try:
+        with pytest.raises(FileNotFoundError, match="JPEG"):
+            main(["demo", "--out", str(tmp_path / "demo"), "--quick"])
+        assert hd.settings.progress is True
+        assert matplotlib.get_backend() == "pdf"
+    finally:
+        matplotlib.use(backend)
 
 
 @pytest.mark.slow

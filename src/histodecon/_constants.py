@@ -21,6 +21,14 @@ class Key:
         sample = "sample"
         in_tissue = "in_tissue"
         tissue_fraction = "tissue_fraction"
+        #: SpatialData's ``region_key`` / ``instance_key``: the shapes element and the spot of each row.
+        region = "region"
+        spot_id = "spot_id"
+        #: Grid position of a spot (Visium's convention).
+        array_row = "array_row"
+        array_col = "array_col"
+        #: Patient of a section (:func:`histodecon.datasets.her2st`).
+        patient = "patient"
 
     class obsm:
         """Per-spot matrices."""
@@ -28,6 +36,8 @@ class Key:
         spatial = "spatial"
         abund = "abund"
         pred_abund = "pred_abund"
+        #: The published stereoscope proportions of :func:`histodecon.datasets.her2st`.
+        proportions = "proportions"
         embedding_prefix = "X_"
 
         @staticmethod
@@ -38,6 +48,8 @@ class Key:
     class obsp:
         """Spot-by-spot graphs of :func:`histodecon.gr.rbf_graph`."""
 
+        #: Its default ``key_added``: the prefix of the two keys below and of ``Key.uns.rbf_neighbors``.
+        rbf = "rbf"
         connectivities = "rbf_connectivities"
         distances = "rbf_distances"
 
@@ -45,8 +57,13 @@ class Key:
         """Unstructured results and histodecon's provenance record ``uns[Key.uns.root]``."""
 
         root = "histodecon"
+        #: scanpy / squidpy's per-library images and scale factors (``uns[spatial][library_id]``).
+        spatial = "spatial"
         samples = "samples"
         embeddings = "embeddings"
+        predictions = "predictions"
+        deconvolve = "deconvolve"
+        synthetic = "synthetic"
         rbf_neighbors = "rbf_neighbors"
         moran_suffix = "_moranR"
 

@@ -12,23 +12,26 @@ import html
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
-
-matplotlib.use("Agg")
-
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from PIL import Image
 
 import histodecon as hd
+from histodecon._constants import Key
 from histodecon._settings import logger
+from histodecon._utils import get_table, sample_info
 
 #: The encoder of the demo: it needs no weights, so the demo runs on any machine.
 ENCODER = "handcrafted"
-DATA_DIR_ENV = "HISTODECON_DATA_DIR"
+#: Where the synthetic demo writes what cell2location recovers from the counts: its training target.
+DECONVOLVED = "c2l"
 HER2ST_SECTIONS = ("B4", "C2", "C3")
 #: Posterior samples for cell2location's q05: enough for a quantile, far quicker than the default 1000.
 POSTERIOR_SAMPLES = 100
@@ -66,25 +69,26 @@ def synthetic_data(out: Path, *, n_spots: int, deconvolution_epochs: int) -> Dem
         slides,
         reference,
         labels_key="cell_type",
-        key_added="c2l",
+        key_added=DECONVOLVED,
         max_epochs=deconvolution_epochs,
         num_samples=POSTERIOR_SAMPLES,
         n_cells_per_location=SYNTHETIC_CELLS_PER_SPOT,
     )
     seconds = time.perf_counter() - started
     recovery = pd.concat(
-        [_per_type_correlation(slide, "abund", "c2l").rename(_sample(slide)) for slide in slides], axis=1
+        [_per_type_correlation(slide, Key.obsm.abund, DECONVOLVED).rename(_sample(slide)) for slide in slides],
+        axis=1,
     )
     recovery.to_csv(out / "deconvolution_recovery.csv")
     notes = [
         f"cell2location ({deconvolution_epochs} epochs, {seconds:.0f} s) recovers the simulated abundances "
         f"with a mean per-type Pearson r of {recovery.to_numpy().mean():.2f} "
         "(deconvolution_recovery.csv); the regressor is trained on these estimates, as in the method.",
-        f"The H&E-only slide is {image_path.name}: {new_slide.tables['table'].n_obs} pseudo-spots "
+        f"The H&E-only slide is {image_path.name}: {get_table(new_slide).n_obs} pseudo-spots "
         "placed on its tissue by hd.io.read_slide.",
     ]
     return DemoData(
-        slides[:3], slides[3], new_slide, target="c2l", truth_label="cell2location (from counts)", notes=notes
+        slides[:3], slides[3], new_slide, target=DECONVOLVED, truth_label="cell2location (from counts)", notes=notes
     )
 
 
@@ -94,7 +98,7 @@ def her2st_data(data_dir: Path) -> DemoData:
     C3 is held out; its image alone, re-read as an H&E-only slide, is the new slide.
     """
     slides = [hd.datasets.her2st(section, data_dir=data_dir) for section in HER2ST_SECTIONS]
-    info = slides[2].tables["table"].uns["histodecon"]["samples"]["C3"]
+    info = sample_info(get_table(slides[2]), "C3")
     image = np.moveaxis(slides[2].images[info["image_key"]].data.compute(), 0, -1)
     new_slide = hd.io.read_slide(image, mpp=info["mpp"], sample="C3_image_only")
     notes = [
@@ -102,25 +106,50 @@ def her2st_data(data_dir: Path) -> DemoData:
         "C3 is held out; its image alone, read with hd.io.read_slide, is the H&E-only slide.",
     ]
     return DemoData(
-        slides[:2], slides[2], new_slide, target="proportions", truth_label="stereoscope (published)", notes=notes
+        slides[:2],
+        slides[2],
+        new_slide,
+        target=Key.obsm.proportions,
+        truth_label="stereoscope (published)",
+        notes=notes,
     )
 
 
 def _sample(slide) -> str:
-    return str(slide.tables["table"].obs["sample"].iloc[0])
+    return str(get_table(slide).obs[Key.obs.sample].iloc[0])
 
 
 def _per_type_correlation(slide, truth: str, estimate: str) -> pd.Series:
-    table = slide.tables["table"]
+    table = get_table(slide)
     a, b = table.obsm[truth], table.obsm[estimate][table.obsm[truth].columns]
     return pd.Series({cell_type: np.corrcoef(a[cell_type], b[cell_type])[0, 1] for cell_type in a.columns})
 
 
+@contextmanager
+def _demo_settings() -> Iterator[None]:
+    """Off-screen figures and no progress bars during the run; the caller's backend and settings come back after."""
+    backend, progress = matplotlib.get_backend(), hd.settings.progress
+    matplotlib.use("Agg")
+    hd.settings.progress = False
+    try:
+        yield
+    finally:
+        hd.settings.progress = progress
+        matplotlib.use(backend)
+
+
 def run(out: Path, *, data_dir: Path | None = None, quick: bool = False) -> Path:
-    """Run the demo, write its results to ``out`` and return the path of the HTML report."""
+    """Run the demo, write its results to ``out`` and return the path of the HTML report.
+
+    The package settings and the matplotlib backend that the run changes are restored when it ends.
+    """
+    with _demo_settings():
+        return _run(out, data_dir=data_dir, quick=quick)
+
+
+def _run(out: Path, *, data_dir: Path | None, quick: bool) -> Path:
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    hd.settings.progress = False
     if data_dir is not None:
         data = her2st_data(data_dir)
     else:
@@ -136,51 +165,60 @@ def run(out: Path, *, data_dir: Path | None = None, quick: bool = False) -> Path
 
     hyperparameters = {"max_epochs": 100 if quick else 500}
     cv = hd.tl.cross_validate(
-        [*data.training, data.held_out], groupby="sample", features=[ENCODER], target=data.target, **hyperparameters
+        [*data.training, data.held_out],
+        groupby=Key.obs.sample,
+        features=[ENCODER],
+        target=data.target,
+        **hyperparameters,
     )
     cv.summary.to_csv(out / "cross_validation_summary.csv", index=False)
     cv.scores.to_csv(out / "cross_validation_scores.csv", index=False)
-    hd.pl.scores(cv, save=out / "scores.png")
+    plt.close(hd.pl.scores(cv, save=out / "scores.png"))
 
     model = hd.tl.fit(data.training, features=[ENCODER], target=data.target, **hyperparameters)
     model.save(out / "model", overwrite=True)
+    predicted = Key.obsm.pred_abund
     for slide in (data.held_out, data.new_slide):
         hd.tl.predict(slide, model)
         hd.gr.rbf_graph(slide)
-        hd.gr.moran_r(slide, key="pred_abund")
+        hd.gr.moran_r(slide, key=predicted)
     hd.gr.moran_r(data.held_out, key=data.target)
 
-    held_out = data.held_out.tables["table"]
+    held_out = get_table(data.held_out)
     similarity = hd.metrics.colocalization_similarity(
-        held_out.uns[f"{data.target}_moranR"]["R"], held_out.uns["pred_abund_moranR"]["R"]
+        held_out.uns[Key.uns.moran(data.target)]["R"], held_out.uns[Key.uns.moran(predicted)]["R"]
     )
     cell_types = list(model.cell_types)
-    hd.pl.colocalization(
-        data.held_out,
-        keys=[data.target, "pred_abund"],
-        titles=[data.truth_label, "predicted from H&E"],
-        save=out / "colocalization.png",
-    )
-    hd.pl.spatial_abundance(
-        data.held_out,
-        cell_types[:3],
-        keys=[data.target, "pred_abund"],
-        titles=[data.truth_label, "predicted from H&E"],
-        save=out / "held_out_abundance.png",
-    )
-    hd.pl.spatial_abundance(
-        data.new_slide,
-        cell_types[:3],
-        keys=["pred_abund"],
-        titles=["predicted from H&E"],
-        save=out / "new_slide_abundance.png",
-    )
-    data.new_slide.tables["table"].obsm["pred_abund"].to_csv(out / "new_slide_predictions.csv")
+    figures = [
+        hd.pl.colocalization(
+            data.held_out,
+            keys=[data.target, predicted],
+            titles=[data.truth_label, "predicted from H&E"],
+            save=out / "colocalization.png",
+        ),
+        hd.pl.spatial_abundance(
+            data.held_out,
+            cell_types[:3],
+            keys=[data.target, predicted],
+            titles=[data.truth_label, "predicted from H&E"],
+            save=out / "held_out_abundance.png",
+        ),
+        hd.pl.spatial_abundance(
+            data.new_slide,
+            cell_types[:3],
+            keys=[predicted],
+            titles=["predicted from H&E"],
+            save=out / "new_slide_abundance.png",
+        ),
+    ]
+    for figure in figures:
+        plt.close(figure)
+    get_table(data.new_slide).obsm[predicted].to_csv(out / "new_slide_predictions.csv")
 
     summary = {
         "mode": "her2st" if data_dir is not None else "synthetic",
         "encoder": ENCODER,
-        "leave_one_slide_out": cv.summary[["sample", "cc", "l1", "n_spots"]].to_dict(orient="records"),
+        "leave_one_slide_out": cv.summary[[Key.obs.sample, "cc", "l1", "n_spots"]].to_dict(orient="records"),
         "held_out_sample": _sample(data.held_out),
         "held_out_colocalization_similarity": {name: float(value) for name, value in similarity.attrs["mean"].items()},
         "seconds": round(time.perf_counter() - started, 1),
@@ -223,13 +261,13 @@ def write_report(out: Path, data: DemoData, cv_summary: pd.DataFrame, summary: d
 
 def data_dir_from_env() -> Path | None:
     """The her2st folder named by ``$HISTODECON_DATA_DIR``, if set; refuses a folder that is not one."""
-    value = os.environ.get(DATA_DIR_ENV)
+    value = os.environ.get(Key.env.data_dir)
     if not value:
         return None
     path = Path(value).expanduser()
     if not (path / "ST-cnts").is_dir():
         raise FileNotFoundError(
-            f"${DATA_DIR_ENV}={value} is not a her2st folder (no ST-cnts/ inside). Point it at the folder that "
+            f"${Key.env.data_dir}={value} is not a her2st folder (no ST-cnts/ inside). Point it at the folder that "
             "holds ST-cnts/, ST-spotfiles/, ST-imgs/ and ST-deconv/, or unset it to run the synthetic demo."
         )
     return path

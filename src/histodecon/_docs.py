@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from ._constants import Key
+
 _PARAMS = {
     "data": "data\n    A :class:`~spatialdata.SpatialData` (its table ``table_key`` is used) or an\n    :class:`~anndata.AnnData`.",
-    "table_key": "table_key\n    Name of the table in a SpatialData; ignored for an AnnData.",
+    "table_key": f"table_key\n    Name of the table in a SpatialData (default ``{Key.tables.table!r}``); ignored for an AnnData.",
     "copy": "copy\n    Return a modified copy instead of writing in place.",
     "overwrite": "overwrite\n    Replace an existing result under the same key; otherwise an existing key raises\n    :class:`KeyError`.",
     "key_added": "key_added\n    Key under which the result is written.",

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from anndata import AnnData
+from scipy import sparse
 from scipy.spatial import cKDTree
+from spatialdata import SpatialData
 
+from ._constants import Key
 from ._settings import logger
 
-UNS_KEY = "histodecon"
 #: Neighbouring spots closer than this are not physical spots (Visium HD bins, the finest, are 2 um apart).
 MIN_SPOT_SPACING_UM = 1.0
 
@@ -32,7 +36,7 @@ def copy_data(data: Any) -> Any:
     )
 
 
-def get_table(data: Any, table_key: str = "table") -> AnnData:
+def get_table(data: Any, table_key: str = Key.tables.table) -> AnnData:
     """Return the AnnData of ``data``: itself if AnnData, else ``data.tables[table_key]``."""
     if isinstance(data, AnnData):
         return data
@@ -68,18 +72,18 @@ def write_result(adata: AnnData, attr: str, key: str, value: Any, *, overwrite: 
 
 
 def provenance(adata: AnnData) -> dict:
-    """``adata.uns['histodecon']``, created on first use."""
-    return adata.uns.setdefault(UNS_KEY, {})
+    """``adata.uns[Key.uns.root]``, histodecon's provenance record, created on first use."""
+    return adata.uns.setdefault(Key.uns.root, {})
 
 
 def samples_of(adata: AnnData) -> list[str]:
-    """The samples of a table, in the order of ``obs['sample']`` categories."""
-    if "sample" not in adata.obs:
+    """The samples of a table, in the order of ``obs[Key.obs.sample]`` categories."""
+    if Key.obs.sample not in adata.obs:
         raise KeyError(
-            "The table has no `obs['sample']` column. Read slides with `hd.io` or set "
-            "`adata.obs['sample']` to the section each spot belongs to."
+            f"The table has no `obs[{Key.obs.sample!r}]` column. Read slides with `hd.io` or set "
+            f"`adata.obs[{Key.obs.sample!r}]` to the section each spot belongs to."
         )
-    return list(adata.obs["sample"].astype("category").cat.categories)
+    return list(adata.obs[Key.obs.sample].astype("category").cat.categories)
 
 
 def sample_info(adata: AnnData, sample: str | None = None) -> dict:
@@ -87,19 +91,20 @@ def sample_info(adata: AnnData, sample: str | None = None) -> dict:
 
     ``sample=None`` is allowed when the table holds exactly one sample.
     """
-    records = adata.uns.get(UNS_KEY, {}).get("samples", {})
+    records = adata.uns.get(Key.uns.root, {}).get(Key.uns.samples, {})
+    where = f"uns[{Key.uns.root!r}][{Key.uns.samples!r}]"
     if sample is None:
         if len(records) != 1:
             raise ValueError(
                 f"The table describes {len(records)} samples ({list(records)}); pass `sample=` to pick one."
                 if records
-                else "The table has no `uns['histodecon']['samples']` record (mpp, spot size). "
+                else f"The table has no `{where}` record (mpp, spot size). "
                 "Read the slide with `hd.io` or `hd.io.from_anndata` so that its geometry is known."
             )
         (sample,) = records
     if sample not in records:
         raise KeyError(
-            f"No sample {sample!r} in `uns['histodecon']['samples']`; known samples: {list(records)}. Read the "
+            f"No sample {sample!r} in `{where}`; known samples: {list(records)}. Read the "
             "slide with `hd.io` (or `hd.io.from_anndata`), which records each sample's mpp, spot size and image."
         )
     return records[sample]
@@ -128,13 +133,21 @@ def check_positive(value: float, name: str) -> None:
         raise ValueError(f"`{name}` must be a positive number (micrometres or micrometres per pixel), got {value!r}.")
 
 
+def check_count(value: object, name: str, minimum: int) -> None:
+    """Refuse a count (spots, cells, a seed) that is not an integer of at least ``minimum``."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise TypeError(f"`{name}` must be an integer, got {type(value).__name__}; pass e.g. `{name}=100`.")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be at least {minimum}, got {value}.")
+
+
 def check_centres(centres_xy: Any, ids, what: str) -> np.ndarray:
     """Spot centres as a float ``(n, 2)`` array, refusing other shapes and missing (NaN / inf) positions."""
     centres = np.asarray(centres_xy, dtype=np.float64)
     if centres.ndim != 2 or centres.shape[1] < 2:
         raise ValueError(
             f"{what} must be spots x 2 (x, y) pixel positions, got shape {centres.shape}. "
-            "Set `obsm['spatial']` to the spot centres in full-resolution pixels."
+            f"Set `obsm[{Key.obsm.spatial!r}]` to the spot centres in full-resolution pixels."
         )
     centres = centres[:, :2]
     missing = ~np.isfinite(centres).all(axis=1)
@@ -175,3 +188,66 @@ def check_spots_inside(centres_xy: np.ndarray, ids, width: int, height: int, ima
             f"{outside.sum()} spot centres (e.g. {list(np.asarray(ids)[outside][:3])}) lie outside the {width} x "
             f"{height} px image {image_name!r}. Pass the image that the spot pixel coordinates refer to."
         )
+
+
+#: A slide: a SpatialData (image, spots, table) or just its AnnData table.
+Slide = SpatialData | AnnData
+
+
+def as_slide_list(slides: Any, name: str = "slides", *, anndata_refusal: str | None = None) -> list[Slide]:
+    """One slide or a sequence of slides, as a non-empty list.
+
+    Slides are SpatialData or AnnData tables. Where only a SpatialData will do (its image is
+    read), ``anndata_refusal`` is the message that refuses an AnnData.
+    """
+    kinds = "a SpatialData" if anndata_refusal is not None else "a SpatialData, an AnnData"
+    listed = [slides] if isinstance(slides, Slide) else slides
+    if isinstance(listed, Sequence) and not isinstance(listed, str) and listed:
+        for slide in listed:
+            if anndata_refusal is not None and isinstance(slide, AnnData):
+                raise TypeError(anndata_refusal)
+            if not isinstance(slide, Slide):
+                raise TypeError(f"Every element of `{name}` must be {kinds}, got a {type(slide).__name__}.")
+        return list(listed)
+    raise TypeError(f"`{name}` must be {kinds} or a non-empty list of them, got {type(slides).__name__}.")
+
+
+def check_finite_matrix(values: Any, what: str, *, rows: str, fix: str, dtype: type = np.float32) -> np.ndarray:
+    """``values`` as a 2-D ``dtype`` array, refusing other shapes and rows with NaN or infinite values.
+
+    ``what`` names the matrix in the messages (``"`X`"``, ``"Target `obsm['abund']` of slide B1"``),
+    ``rows`` names its rows after their count (``"of 20 rows"``, ``"in-tissue spots"``) and
+    ``fix`` says what to do about them.
+    """
+    matrix = np.asarray(values, dtype=dtype)
+    if matrix.ndim != 2:
+        raise ValueError(f"{what} must be 2-D (spots x columns), got shape {matrix.shape}.")
+    bad = ~np.isfinite(matrix).all(axis=1)
+    if bad.any():
+        raise ValueError(f"{what} has NaN or infinite values in {int(bad.sum())} {rows}. {fix}")
+    return matrix
+
+
+def cell_type_frame(adata: AnnData, key: str, *, missing: str) -> pd.DataFrame:
+    """``obsm[key]`` as a spots x cell types DataFrame with string column names, indexed by ``obs_names``.
+
+    A DataFrame keeps its columns (copied); an array, dense or sparse, gets columns ``"0"``,
+    ``"1"``, ... Non-numeric columns are refused; ``missing`` is the :class:`KeyError` message
+    when there is no ``obsm[key]`` (it names the step that writes it).
+    """
+    if key not in adata.obsm:
+        raise KeyError(missing)
+    values = adata.obsm[key]
+    if isinstance(values, pd.DataFrame):
+        frame = values.set_axis(values.columns.astype(str), axis=1)
+    else:
+        values = values.toarray() if sparse.issparse(values) else np.asarray(values)
+        if values.ndim != 2:
+            raise ValueError(f"`obsm[{key!r}]` must be 2-D (spots x cell types), got shape {values.shape}.")
+        frame = pd.DataFrame(values, index=adata.obs_names, columns=[str(i) for i in range(values.shape[1])])
+    non_numeric = [name for name, dtype in frame.dtypes.items() if not pd.api.types.is_numeric_dtype(dtype)]
+    if non_numeric:
+        raise TypeError(
+            f"`obsm[{key!r}]` has non-numeric columns {non_numeric}; pass a spots x cell types matrix of numbers."
+        )
+    return frame

@@ -7,7 +7,7 @@ from spatialdata import read_zarr
 from spatialdata.transformations import get_transformation
 
 import histodecon as hd
-from histodecon.datasets._layout import CELL_DENSITY
+from histodecon.datasets._synthetic._layout import CELL_DENSITY
 
 CELL_TYPES = ["tumour", "lymphocyte", "fibroblast", "adipocyte", "endothelial"]
 PATCH_PX = 224

@@ -5,6 +5,7 @@ from __future__ import annotations
 import huggingface_hub.constants
 import pytest
 
+from histodecon._constants import Key
 from histodecon.encoders import _registry
 
 
@@ -17,11 +18,12 @@ def offline_hub(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path_factory.mktemp("hf_cache")))
-    monkeypatch.delenv("HISTODECON_WEIGHTS_DIR", raising=False)
+    monkeypatch.delenv(Key.env.weights_dir, raising=False)
 
 
 @pytest.fixture
 def registry(monkeypatch):
-    """A copy of the registry that the test may change freely."""
+    """A copy of the registry and its name schemes that the test may change freely."""
     monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))
+    monkeypatch.setattr(_registry, "_SCHEMES", dict(_registry._SCHEMES))
     return _registry._REGISTRY

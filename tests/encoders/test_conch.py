@@ -7,7 +7,6 @@ import torch
 from PIL import Image
 
 import histodecon as hd
-from histodecon.encoders._conch import ConchVisual, visual_state
 
 coca_model = pytest.importorskip(
     "conch.open_clip_custom.coca_model", reason="conch-fork (the test extra) is needed to cross-check CONCH"
@@ -16,7 +15,7 @@ coca_model = pytest.importorskip(
 
 def test_parameter_counts():
     with torch.device("meta"):
-        model = ConchVisual(project=True)
+        model = hd.encoders.get("conch_proj").build()
         out = model(torch.empty(2, 3, 448, 448))
     assert out.shape == (2, 512)
     assert round(sum(p.numel() for p in model.trunk.parameters()) / 1e6) == 86
@@ -28,7 +27,7 @@ def test_parameter_counts():
 
 def test_checkpoint_without_image_tower_is_named():
     with pytest.raises(ValueError, match="no `visual.\\*` keys.*MahmoodLab/CONCH"):
-        visual_state({"text.weight": torch.zeros(1)}, project=False)
+        hd.encoders.get("conch").weights.extract({"text.weight": torch.zeros(1)})
 
 
 def test_preprocessing_matches_conch():

@@ -130,7 +130,7 @@ def _auc(positive: np.ndarray, negative: np.ndarray) -> float:
 
 @pytest.mark.data
 def test_her2st_tissue_spots_separate_from_glass(encoder, her2st_dir):
-    from histodecon.pp._background import glass_mask
+    from histodecon._glass import glass_mask
     from histodecon.pp._patches import image_levels
 
     sdata = hd.datasets.her2st("C2", data_dir=her2st_dir)

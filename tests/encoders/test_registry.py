@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 import histodecon as hd
+from histodecon.encoders._registry import register_scheme
 
 
 def mean_rgb_entry(name: str = "mean_rgb") -> hd.encoders.Encoder:
@@ -31,6 +32,18 @@ def test_builtin_entries_are_registered():
 def test_unknown_name_lists_the_available_ones():
     with pytest.raises(KeyError, match=r"Unknown encoder 'unii'\. Available: \[.*'uni'.*timm:"):
         hd.encoders.get("unii")
+
+
+def test_schemes_resolve_their_names_longest_prefix_first(registry):
+    register_scheme("rgb", mean_rgb_entry, description="the mean colour")
+    register_scheme("rgb:half", lambda name: mean_rgb_entry(f"half {name}"), description="it", placeholder="size")
+    assert hd.encoders.get("rgb:a").name == "a"
+    assert hd.encoders.get("rgb:half:b").name == "half b"
+    assert "rgb:a" not in hd.encoders.available()
+    with pytest.raises(KeyError, match=r"Unknown encoder 'rgbx:a'.*, or 'rgb:<model name>' for the mean colour"):
+        hd.encoders.get("rgbx:a")
+    with pytest.raises(KeyError, match="scheme 'rgb' is already registered.*overwrite=True"):
+        register_scheme("rgb", mean_rgb_entry, description="again")
 
 
 def test_register_refuses_a_duplicate_name_without_overwrite(registry):

@@ -4,7 +4,7 @@ import torch
 from safetensors.torch import save_file
 
 import histodecon as hd
-from histodecon.encoders._vit import build_uni, build_uni2, timm_entry
+from histodecon._constants import Key
 
 
 def meta_count_and_dim(name: str) -> tuple[int, int]:
@@ -26,7 +26,7 @@ def test_parameter_count_and_dim(name, millions, dim):
 
 def test_uni2_architecture_matches_the_model_card():
     with torch.device("meta"):
-        model = build_uni2()
+        model = hd.encoders.get("uni2").build()
     assert (model.patch_embed.patch_size, len(model.blocks), model.embed_dim) == ((14, 14), 24, 1536)
     assert model.num_reg_tokens == 8 and model.no_embed_class
     assert model.pos_embed.shape == (1, 256, 1536)  # 16 x 16 patches, no class or register positions
@@ -39,7 +39,7 @@ def test_uni2_architecture_matches_the_model_card():
 def uni_checkpoint(tmp_path_factory):
     """UNI with random weights, saved as MahmoodLab/UNI publishes it (timm keys, no classifier)."""
     torch.manual_seed(0)
-    source = build_uni().eval()
+    source = hd.encoders.get("uni").build().eval()
     path = tmp_path_factory.mktemp("uni") / "pytorch_model.bin"
     torch.save(source.state_dict(), path)
     return source, path
@@ -77,7 +77,7 @@ def test_timm_dim_is_the_output_length_not_num_features():
     with torch.device("meta"):
         model = timm.create_model("mobilenetv3_small_100", num_classes=0)
     assert model.num_features != 1024
-    assert timm_entry("mobilenetv3_small_100").dim == 1024
+    assert hd.encoders.get("timm:mobilenetv3_small_100").dim == 1024
 
 
 def test_timm_unknown_model():
@@ -92,7 +92,7 @@ def test_timm_hub_checkpoint_from_weights_dir(tmp_path, monkeypatch):
     folder = tmp_path / "timm:resnet18"
     folder.mkdir()
     save_file(source.state_dict(), folder / "model.safetensors")
-    monkeypatch.setenv("HISTODECON_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setenv(Key.env.weights_dir, str(tmp_path))
     encoder = hd.encoders.load("timm:resnet18", device="cpu")
     patches = torch.randint(0, 256, (2, 224, 224, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():

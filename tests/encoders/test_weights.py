@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import histodecon as hd
-from histodecon.encoders._weights import WEIGHTS_DIR_ENV
+from histodecon._constants import Key
 
 
 def tiny_model() -> nn.Module:
@@ -68,7 +68,7 @@ def test_safetensors(tiny, source, patches, tmp_path):
 def test_weights_dir_lookup(tiny, source, patches, tmp_path, monkeypatch):
     (tmp_path / "tiny").mkdir()
     torch.save(source.state_dict(), tmp_path / "tiny" / "tiny.bin")
-    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv(Key.env.weights_dir, str(tmp_path))
     encoder = hd.encoders.load("tiny", device="cpu")
     assert encoder.provenance["weights"] == str(tmp_path / "tiny" / "tiny.bin")
     assert_same_outputs(encoder, source, patches)
@@ -112,13 +112,13 @@ def test_missing_explicit_file(tiny, tmp_path):
 
 
 def test_missing_weights_say_where_to_put_them(tmp_path, monkeypatch):
-    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv(Key.env.weights_dir, str(tmp_path))
     with pytest.raises(FileNotFoundError) as error:
         hd.encoders.load("uni")
     message = str(error.value)
     assert "https://huggingface.co/MahmoodLab/UNI" in message
     assert "gated" in message
-    assert f"at {tmp_path / 'uni' / 'pytorch_model.bin'} (${WEIGHTS_DIR_ENV} sets the folder)" in message
+    assert f"at {tmp_path / 'uni' / 'pytorch_model.bin'} (${Key.env.weights_dir} sets the folder)" in message
     assert "weights={'uni': '/path/to/pytorch_model.bin'}" in message
 
 

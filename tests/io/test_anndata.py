@@ -3,7 +3,6 @@ import pytest
 import scanpy as sc
 
 import histodecon as hd
-from histodecon._utils import sample_info
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 
@@ -23,7 +22,8 @@ def test_round_trip_lands_spots_on_the_same_image_content(visium_folder, visium_
     table, reference = converted.tables["table"], direct.tables["table"]
     assert list(table.obs_names) == list(reference.obs_names)
     np.testing.assert_allclose(table.obsm["spatial"], reference.obsm["spatial"])
-    assert sample_info(table)["mpp"] == pytest.approx(sample_info(reference)["mpp"]) == pytest.approx(2.0)
+    mpp = [t.uns["histodecon"]["samples"]["lib1"]["mpp"] for t in (table, reference)]
+    assert mpp[0] == pytest.approx(mpp[1]) == pytest.approx(2.0)
     np.testing.assert_array_equal(converted.images["lib1_image"].values, direct.images["lib1_image"].values)
     np.testing.assert_array_equal(hd.pp.spot_patches(converted, size=8)[:], hd.pp.spot_patches(direct, size=8)[:])
     centres = hd.pp.spot_patches(converted, size=8)[:][:, 4, 4]

@@ -121,3 +121,53 @@ def test_mask_resolution_uses_the_coarsest_stored_level_then_block_means():
     glass, sy, sx = _glass_lowres([image], 28.0, 220)  # no pyramid: 3 x 3 block means of the full image
     assert glass.shape == (300, 433) and (sy, sx) == (3.0, 3.0)
     assert not glass[0, 0] and glass[0, 5] and not glass[100, 150]
+
+
+def test_hex_grid_is_visium_like_by_default():
+    # all tissue: every hex centre is kept; 1 um/px, 55 um spots, 100 um pitch
+    rng = np.random.default_rng(0)
+    image = (np.array([205, 130, 185]) + rng.integers(-25, 25, (700, 1000, 3))).astype(np.uint8)
+    sdata = hd.io.read_slide(image, mpp=1.0, grid="hex")
+    table = sdata.tables["table"]
+    info = sample_info(table)
+    assert (info["grid"], info["grid_spacing_um"], info["spot_diameter_px"]) == ("hex", 100.0, 55.0)
+    np.testing.assert_allclose(sdata.shapes["slide_spots"]["radius"], 27.5)
+    centres = table.obsm["spatial"]
+    row_step = 100 * np.sqrt(3) / 2
+    assert table.n_obs == 4 * 10 + 4 * 9  # 8 rows; even rows at half-pitches 0, 2, ..., 18, odd rows at 1, ..., 17
+    np.testing.assert_allclose(centres[:, 1], (table.obs["array_row"] + 0.5) * row_step)
+    np.testing.assert_allclose(centres[:, 0], (table.obs["array_col"] + 1) * 50)
+    assert ((table.obs["array_col"] - table.obs["array_row"]) % 2 == 0).all()
+    distances = np.linalg.norm(centres[:, None] - centres[None], axis=-1)
+    np.fill_diagonal(distances, np.inf)
+    np.testing.assert_allclose(distances.min(axis=1), 100.0)
+    inner = (centres[:, 0] > 150) & (centres[:, 0] < 850) & (centres[:, 1] > 150) & (centres[:, 1] < 550)
+    assert (np.isclose(distances[inner], 100.0).sum(axis=1) == 6).all()
+    assert (centres + [50, row_step / 2] <= [1000, 700] + np.array([1e-9, 1e-9])).all()
+
+
+def test_hex_grid_spacing_and_diameter_in_um():
+    image = np.full((600, 600, 3), 150, np.uint8)
+    table = hd.io.read_slide(image, mpp=0.5, grid="hex", spot_diameter_um=20, spacing_um=40).tables["table"]
+    assert sample_info(table)["spot_diameter_px"] == 40.0  # 20 um at 0.5 um/px
+    centres = table.obsm["spatial"]
+    distances = np.linalg.norm(centres[:, None] - centres[None], axis=-1)
+    np.fill_diagonal(distances, np.inf)
+    np.testing.assert_allclose(distances.min(axis=1), 80.0)  # 40 um at 0.5 um/px
+    with pytest.raises(ValueError, match="grid"):
+        hd.io.read_slide(image, mpp=0.5, grid="triangle")
+
+
+def test_transparent_pixels_get_no_spots(slide_tiff, tmp_path):
+    _, image = slide_tiff
+    tissue_everywhere = np.broadcast_to(image[450, 700], image.shape).copy()
+    alpha = np.zeros(image.shape[:2], np.uint8)
+    alpha[200:700, 300:1100] = 255  # opaque only where the reference image has tissue
+    rgba = np.dstack([tissue_everywhere, alpha])
+    reference = hd.io.read_slide(image, mpp=MPP, spot_diameter_um=SPOT).tables["table"]
+    from_array = hd.io.read_slide(rgba, mpp=MPP, spot_diameter_um=SPOT).tables["table"]
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    from_png = hd.io.read_slide(tmp_path / "rgba.png", mpp=MPP, spot_diameter_um=SPOT).tables["table"]
+    assert list(from_array.obs_names) == list(reference.obs_names) == list(from_png.obs_names)
+    x, y = from_array.obsm["spatial"].T
+    assert ((x >= 300 - 1) & (x <= 1100 + 1) & (y >= 200 - 1) & (y <= 700 + 1)).all()

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 import histodecon as hd
-from histodecon._utils import sample_info
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -25,7 +24,7 @@ def test_fullres_image_counts_and_alignment(visium_folder):
     np.testing.assert_array_equal(table.obsm["spatial"], expected)
     np.testing.assert_array_equal(table.obs["array_row"], v.positions.loc[v.barcodes, "array_row"])
     assert table.obs["in_tissue"].all() and "gene_ids" in table.var
-    info = sample_info(table)
+    info = table.uns["histodecon"]["samples"]["lib1"]
     assert info["mpp"] == pytest.approx(0.5) and info["spot_diameter_px"] == pytest.approx(110.0)
     assert info["coordinate_system"] in sdata.coordinate_systems
     assert isinstance(sdata.images["lib1_image"].data, da.Array)
@@ -40,7 +39,7 @@ def test_hires_image_when_no_fullres(visium_folder):
     table = sdata.tables["table"]
     expected = v.positions.loc[v.barcodes, ["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy() * 0.25
     np.testing.assert_allclose(table.obsm["spatial"], expected)
-    info = sample_info(table, "mine")
+    info = table.uns["histodecon"]["samples"]["mine"]
     assert info["mpp"] == pytest.approx(2.0) and info["spot_diameter_px"] == pytest.approx(27.5)
     np.testing.assert_array_equal(np.moveaxis(sdata.images["mine_image"].values, 0, -1), v.hires)
     np.testing.assert_array_equal(_centre_colours(sdata, 8), np.stack([v.colours[b] for b in v.barcodes]))

@@ -13,7 +13,7 @@ TYPES = ["tumour", "immune", "stroma", "fat", "vessel"]
 
 
 @pytest.fixture
-def adata():
+def adata(monkeypatch):
     rng = np.random.default_rng(0)
     side = 14
     xy = np.stack(np.meshgrid(np.arange(side), np.arange(side)), -1).reshape(-1, 2) * 200.0
@@ -27,7 +27,7 @@ def adata():
     a.obsm["abund"] = pd.DataFrame(np.exp(fields), index=a.obs_names, columns=TYPES)
     pred = np.exp(fields + rng.normal(0, 0.3, fields.shape))
     a.obsm["pred_abund"] = pd.DataFrame(pred[:, ::-1], index=a.obs_names, columns=TYPES[::-1])
-    hd.settings.verbosity = 1
+    monkeypatch.setattr(hd.settings, "verbosity", 1)
     hd.gr.rbf_graph(a, length_scale_um=120)
     hd.gr.moran_r(a, key="abund")
     hd.gr.moran_r(a, key="pred_abund")

@@ -7,12 +7,11 @@ from matplotlib.image import imread
 from spatialdata import SpatialData
 
 import histodecon as hd
-from histodecon.io._build import build_sdata
 
 
 @pytest.fixture(scope="module")
-def sdata():
-    sdata = hd.datasets.synthetic(n_spots=60, counts=False, seed=1)
+def sdata(make_slide):
+    sdata = make_slide(seed=1, n_spots=60)
     table = sdata.tables["table"]
     rng = np.random.default_rng(0)
     table.obsm["pred_abund"] = table.obsm["abund"] * 1.5 + rng.gamma(1.0, 0.5, table.obsm["abund"].shape)
@@ -46,13 +45,13 @@ def test_grid_shared_column_scales_and_file(sdata, tmp_path):
     assert pixels.shape[0] > 300 and pixels.shape[1] > 300 and pixels.std() > 0.05
 
 
-def test_multiscale_image_is_aligned_with_spots():
+def test_multiscale_image_is_aligned_with_spots(slide_from_image):
     # A white square at x, y in [1000, 1200) x [2000, 2200) full-resolution px of a 4400 px image (a pyramid).
     ys, xs = da.arange(4400, chunks=1024)[:, None], da.arange(4400, chunks=1024)[None, :]
     square = ((xs >= 1000) & (xs < 1200) & (ys >= 2000) & (ys < 2200)).astype(np.uint8) * 255
     image = da.broadcast_to(square, (3, 4400, 4400)).rechunk((3, 1024, 1024))
     centres = np.array([[1100.0, 2100.0], [1500.0, 2500.0], [700.0, 1700.0]])
-    sdata = build_sdata(image, centres, sample="big", mpp=1.0, spot_diameter_px=50)
+    sdata = slide_from_image(image, centres, sample="big", mpp=1.0, spot_diameter_px=50)
     table = sdata.tables["table"]
     table.obsm["abund"] = pd.DataFrame({"x": [1.0, 2.0, 3.0]}, index=table.obs_names)
     fig = hd.pl.spatial_abundance(sdata, "x", keys="abund", max_image_px=120)

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 import histodecon as hd
+from histodecon._glass import glass_mask
 from histodecon.io._build import build_sdata
-from histodecon.pp._background import glass_mask
 
 
 @pytest.fixture

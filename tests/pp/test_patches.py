@@ -8,7 +8,6 @@ from PIL import Image
 from spatialdata import SpatialData
 
 import histodecon as hd
-from histodecon.io._build import build_sdata
 from histodecon.pp import _patches
 
 
@@ -31,7 +30,7 @@ def _crop(image_cyx, x, y, size):
 
 
 @pytest.fixture(scope="module")
-def slide():
+def slide(slide_from_image):
     image = _coded_image(700, 900)
     rng = np.random.default_rng(0)
     centres = np.vstack(
@@ -40,7 +39,7 @@ def slide():
             [[5.0, 5.0], [899.6, 350.2], [450.0, 699.0]],
         ]
     )
-    return image, centres, build_sdata(image, centres, sample="S", mpp=0.5, spot_diameter_px=60)
+    return image, centres, slide_from_image(image, centres, sample="S", mpp=0.5, spot_diameter_px=60)
 
 
 def test_native_patches_equal_direct_crops(slide):
@@ -80,10 +79,10 @@ def test_indexing_and_batches_agree(slide):
         next(patches.batches(0))
 
 
-def test_resampling_at_native_mpp_and_integer_origin_is_the_crop(slide):
+def test_resampling_at_native_mpp_and_integer_origin_is_the_crop(slide, slide_from_image):
     image, _, _ = slide
     centres = np.array([[100.0, 200.0], [432.0, 310.0]])
-    sdata = build_sdata(image, centres, sample="S", mpp=0.5, spot_diameter_px=60)
+    sdata = slide_from_image(image, centres, sample="S", mpp=0.5, spot_diameter_px=60)
     got = hd.pp.spot_patches(sdata, size=48, mpp=0.5)[:]
     for k, (x, y) in enumerate(centres):
         np.testing.assert_array_equal(got[k], _crop(image, x, y, 48))
@@ -97,10 +96,10 @@ def _smooth_image(height, width):
     return np.stack([r, g, b]).round().astype(np.uint8)
 
 
-def test_resampling_uses_the_pyramid_and_matches_full_resolution_reference():
+def test_resampling_uses_the_pyramid_and_matches_full_resolution_reference(slide_from_image):
     image = _smooth_image(600, 4200)  # longer side > 4096: stored as a two-level pyramid
     centres = np.array([[1200.3, 300.7], [2500.0, 250.0], [4180.0, 300.0]])
-    sdata = build_sdata(image, centres, sample="S", mpp=0.25, spot_diameter_px=200)
+    sdata = slide_from_image(image, centres, sample="S", mpp=0.25, spot_diameter_px=200)
     patches = hd.pp.spot_patches(sdata, size=50, mpp=0.5)  # 2 full-res px per output px
     assert patches._levels[0].factor_yx[1] == pytest.approx(2.0, rel=1e-3)
     got = patches[:]
@@ -114,11 +113,11 @@ def test_resampling_uses_the_pyramid_and_matches_full_resolution_reference():
     np.testing.assert_array_equal(patches.mpp, 0.5)
 
 
-def test_several_samples_read_their_own_image():
+def test_several_samples_read_their_own_image(slide_from_image):
     one, two = _coded_image(300, 300), 255 - _coded_image(300, 300)
     centres = np.array([[150.0, 150.0], [80.0, 100.0]])
     slides = [
-        build_sdata(img, centres, sample=name, mpp=m, spot_diameter_px=50, spot_ids=[f"{name}_a", f"{name}_b"])
+        slide_from_image(img, centres, sample=name, mpp=m, spot_diameter_px=50, spot_ids=[f"{name}_a", f"{name}_b"])
         for img, name, m in [(one, "A", 0.5), (two, "B", 1.0)]
     ]
     table = ad.concat([s.tables["table"] for s in slides])
@@ -133,7 +132,7 @@ def test_several_samples_read_their_own_image():
     np.testing.assert_array_equal(patches.mpp, [1.0, 0.5, 1.0, 0.5])
 
 
-def test_reads_only_the_chunks_under_the_patches_and_bounds_the_cache(monkeypatch):
+def test_reads_only_the_chunks_under_the_patches_and_bounds_the_cache(monkeypatch, slide_from_image):
     computed = []
 
     def block(x):
@@ -143,7 +142,7 @@ def test_reads_only_the_chunks_under_the_patches_and_bounds_the_cache(monkeypatc
     chunk = 3 * 1024 * 1024
     source = da.from_array(_coded_image(3072, 3072), chunks=(3, 1024, 1024))
     image = source.map_blocks(block, dtype=np.uint8)
-    sdata = build_sdata(image, np.array([[300.0, 300.0], [1800.0, 1500.0]]), sample="S", mpp=1, spot_diameter_px=9)
+    sdata = slide_from_image(image, np.array([[300.0, 300.0], [1800.0, 1500.0]]), sample="S", mpp=1, spot_diameter_px=9)
     monkeypatch.setattr(_patches, "CACHE_BYTES", chunk)
     patches = hd.pp.spot_patches(sdata, size=100)
     computed.clear()
@@ -164,7 +163,7 @@ def test_pickles_for_worker_processes(slide):
 
 
 @pytest.mark.filterwarnings("ignore:The table is annotating")
-def test_bad_input(slide):
+def test_bad_input(slide, slide_from_image):
     image, centres, sdata = slide
     with pytest.raises(TypeError, match="SpatialData"):
         hd.pp.spot_patches(sdata.tables["table"])
@@ -177,6 +176,6 @@ def test_bad_input(slide):
     missing = SpatialData(tables={"table": sdata.tables["table"]})
     with pytest.raises(KeyError, match="S_image"):
         hd.pp.spot_patches(missing)
-    wide = build_sdata(image.astype(np.uint16), centres, sample="S", mpp=0.5, spot_diameter_px=60)
+    wide = slide_from_image(image.astype(np.uint16), centres, sample="S", mpp=0.5, spot_diameter_px=60)
     with pytest.raises(ValueError, match="uint8"):
         hd.pp.spot_patches(wide)

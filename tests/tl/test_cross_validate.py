@@ -35,7 +35,7 @@ def slides():
 
 @pytest.fixture(scope="module")
 def result(slides):
-    return hd.tl.cross_validate(slides, features=[["a", "b"], "b"], keep_predictions=True, **SMALL)
+    return hd.tl.cross_validate(slides, groupby="patient", features=[["a", "b"], "b"], keep_predictions=True, **SMALL)
 
 
 def test_configurations():
@@ -87,7 +87,7 @@ def test_test_group_never_trains_a_fold(slides, monkeypatch):
         return fit(self, x, y, groups=groups, feature_dims=feature_dims)
 
     monkeypatch.setattr(hd.tl.AbundanceRegressor, "fit", spy)
-    cv = hd.tl.cross_validate(slides, features=["b", "a"], hidden=(4,), max_epochs=1)
+    cv = hd.tl.cross_validate(slides, groupby="patient", features=["b", "a"], hidden=(4,), max_epochs=1)
     assert seen == [({"B", "C"}, {"b": 2, "a": 3}), ({"A", "C"}, {"b": 2, "a": 3}), ({"A", "B"}, {"b": 2, "a": 3})]
     assert cv.summary["fold"].tolist() == ["A", "B", "B", "C"]
 
@@ -105,7 +105,7 @@ def test_bad_calls_are_refused(slides):
     with pytest.raises(ValueError, match="both `train=` and `test=`"):
         hd.tl.cross_validate(train=slides, features="a")
     with pytest.raises(ValueError, match="at least two values"):
-        hd.tl.cross_validate(slides[1:3], features="a")
+        hd.tl.cross_validate(slides[1:3], groupby="patient", features="a")
     with pytest.raises(KeyError, match="donor"):
         hd.tl.cross_validate(slides, groupby="donor", features="a")
     narrower = make_slide("D1", "D", n=20)

@@ -44,8 +44,8 @@ def mean_signatures(ref: AnnData, labels_key: str = "cell_type") -> pd.DataFrame
 
 
 @pytest.fixture(scope="module")
-def _small_table():
-    return hd.datasets.synthetic(n_spots=40, seed=0).tables["table"]
+def _small_table(make_slide):
+    return make_slide(seed=0, n_spots=40, sample="synthetic", counts=True).tables["table"]
 
 
 @pytest.fixture
@@ -201,13 +201,13 @@ def test_signatures_belong_to_their_cell_type(quiet_progress):
 
 
 @pytest.fixture(scope="module")
-def two_slides():
+def two_slides(make_slide):
     """Two synthetic slides deconvolved jointly for a few epochs, from mean signatures."""
     progress = hd.settings.progress
     hd.settings.progress = False
     slides = [
-        hd.datasets.synthetic(n_spots=40, seed=0, sample="a"),
-        hd.datasets.synthetic(n_spots=30, seed=1, sample="b").tables["table"],
+        make_slide(seed=0, n_spots=40, sample="a", counts=True),
+        make_slide(seed=1, n_spots=30, sample="b", counts=True).tables["table"],
     ]
     hd.tl.deconvolve(
         slides,
@@ -253,13 +253,13 @@ def test_rerun_needs_overwrite(two_slides):
 
 @needs_cell2location
 @pytest.mark.slow
-def test_recovers_synthetic_abundances(quiet_progress):
+def test_recovers_synthetic_abundances(quiet_progress, make_slide):
     """Reference signatures and spatial model, end to end, against the known truth of the synthetic slide.
 
     Adipocytes are large: the synthetic spots hold about 0.04 of them on average, so their truth
     is mostly zero and their correlation is not asserted; every other type must be recovered.
     """
-    sdata = hd.datasets.synthetic(n_spots=200, seed=0)
+    sdata = make_slide(seed=0, n_spots=200, counts=True)
     hd.tl.deconvolve(
         sdata,
         hd.datasets.synthetic_reference(),

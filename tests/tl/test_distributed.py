@@ -211,7 +211,7 @@ def test_cluster_predict_many_matches_predict(embedded_tables, client, tmp_path)
 _MMAP_PROBE = """
 import ctypes
 import numpy as np
-from histodecon.tl._distributed import _raise_mmap_threshold
+from histodecon.tl._worker import raise_mmap_threshold
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in
@@ -226,7 +226,7 @@ def mapped_by_allocation():
     return libc.mallinfo2().hblkhd - before >= buffer.nbytes
 
 print(mapped_by_allocation())
-_raise_mmap_threshold()
+raise_mmap_threshold()
 print(mapped_by_allocation())
 """
 

@@ -1,11 +1,14 @@
+import inspect
+
 import numpy as np
 import pandas as pd
 import pytest
 from anndata import AnnData
 
 import histodecon as hd
+from histodecon._constants import Key
 from histodecon.io._build import build_sdata
-from histodecon.tl._fit import training_data
+from histodecon.tl._spots import spot_table
 
 CELL_TYPES = ["tumour", "T cells", "fibroblasts"]
 SMALL = {"hidden": (32, 32, 16), "lr": 1e-2, "max_epochs": 60, "batch_size": 64, "patience": 5}
@@ -89,12 +92,32 @@ def test_only_in_tissue_spots_are_used_and_targets_aligned_by_name():
     second.obs["in_tissue"] = np.arange(10) < 6
     second.obsm["X_a"][7] = np.nan  # off tissue: ignored
     second.obsm["abund"] = second.obsm["abund"][CELL_TYPES[::-1]]
-    x, y, groups, dims = training_data([first, second], ["b", "a"], "abund", "table", "sample")
+    spots = spot_table([first, second], ["b", "a"], "abund", groupby="sample")
+    x, y, groups, dims = spots.features, spots.target, spots.groups, spots.dims
     assert x.shape == (16, 6) and dims == [2, 4]
     np.testing.assert_array_equal(x[10:, :2], second.obsm["X_b"][:6])
     assert list(y.columns) == CELL_TYPES
     np.testing.assert_array_equal(y.values[10:], second.obsm["abund"][CELL_TYPES].values[:6].astype(np.float32))
     assert list(groups) == ["s0"] * 10 + ["s1"] * 6
+    assert spots.samples.tolist() == groups.tolist() and spots.sample_names == ["s0", "s1"]
+    assert spots.obs_names.tolist() == list(first.obs_names) + list(second.obs_names[:6])
+    assert spots.feature_dims == {"b": 2, "a": 4}
+
+
+def test_features_default_to_the_embeddings_every_slide_has():
+    first, second = make_slide("s0", n=30, seed=0), make_slide("s1", n=30, seed=1)
+    first.obsm["X_c"] = np.ones((30, 1), dtype=np.float32)  # only on the first slide: not used
+    model = hd.tl.fit([first, second], hidden=(8,), max_epochs=2)
+    assert model.feature_keys == ["a", "b"] and model.feature_dims == [4, 2]
+    for slide in (first, second):
+        del slide.obsm["X_a"], slide.obsm["X_b"]
+    with pytest.raises(KeyError, match=r"no embeddings `obsm\['X_<encoder>'\]` in common.*hd.tl.embed\(sdata\)"):
+        hd.tl.fit([first, second])
+
+
+def test_fit_and_cross_validate_share_the_groupby_default():
+    defaults = [inspect.signature(f).parameters["groupby"].default for f in (hd.tl.fit, hd.tl.cross_validate)]
+    assert defaults == [Key.obs.sample, Key.obs.sample]
 
 
 def test_array_target_gets_numbered_cell_types():

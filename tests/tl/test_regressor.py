@@ -10,7 +10,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import histodecon as hd
-from histodecon.tl._regressor import _record_checksum, _validation_split, loss_terms
+from histodecon.tl._model_file import record_checksum
+from histodecon.tl._network import loss_terms, training_loss
+from histodecon.tl._regressor import _validation_split
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -58,8 +60,33 @@ def test_pearson_term_skips_constant_targets_and_has_gradients():
 def test_total_loss_weights_the_terms():
     pred, target = torch.rand(5, 3), torch.rand(5, 3)
     mse, mae, pearson_loss = loss_terms(pred, target)
-    model = hd.tl.AbundanceRegressor(l1=0.3, l2=2.0)
-    assert model._loss(pred, target).item() == pytest.approx((mse + 0.3 * mae + 2.0 * pearson_loss).item())
+    expected = (mse + 0.3 * mae + 2.0 * pearson_loss).item()
+    assert training_loss(pred, target, mae_weight=0.3, pearson_weight=2.0).item() == pytest.approx(expected)
+    model = hd.tl.AbundanceRegressor(mae_weight=0.3, pearson_weight=2.0)
+    assert model._loss(pred, target).item() == pytest.approx(expected)
+
+
+def test_former_loss_weight_names_still_work_with_a_warning():
+    with pytest.warns(FutureWarning, match="`l1=` is deprecated.*`mae_weight=`"):
+        model = hd.tl.AbundanceRegressor(l1=0.3)
+    assert model.hyperparameters.mae_weight == 0.3 and model.hyperparameters.pearson_weight == 1.0
+    with pytest.warns(FutureWarning, match="`l2=` is deprecated.*`pearson_weight=`"):
+        options = hd.tl.Hyperparameters.from_options({"l2": 2.0})
+    assert options == hd.tl.Hyperparameters(pearson_weight=2.0)
+    with pytest.raises(TypeError, match="only"):
+        hd.tl.AbundanceRegressor(l1=0.3, mae_weight=0.3)
+
+
+def test_hyperparameters_are_declared_once_and_checked():
+    options = hd.tl.Hyperparameters(hidden=[np.int64(8), 4], lr=1, seed=np.int64(3))
+    assert options.hidden == (8, 4) and type(options.lr) is float and type(options.seed) is int
+    assert hd.tl.AbundanceRegressor(hyperparameters=options, max_epochs=7).hyperparameters == hd.tl.Hyperparameters(
+        hidden=(8, 4), lr=1.0, seed=3, max_epochs=7
+    )
+    with pytest.raises(TypeError, match=r"Unknown hyperparameters \['dropout'\]; valid: .*'seed'"):
+        hd.tl.AbundanceRegressor(dropout=0.5)
+    with pytest.raises(ValueError, match="`patience` must be > 0"):
+        hd.tl.Hyperparameters(patience=0)
 
 
 def test_fit_beats_mean_predictor_on_held_out_data(trained):
@@ -84,7 +111,7 @@ def test_fitted_attributes(trained):
     prov = trained.provenance
     assert prov["validation_split"] == "spots" and prov["n_validation_spots"] == 60
     assert prov["n_training_spots"] == 540 and prov["seed"] == 0
-    assert prov["loss_weights"] == {"mse": 1.0, "l1": 1.0, "l2": 1.0}
+    assert prov["loss_weights"] == {"mse": 1.0, "mae": 1.0, "pearson": 1.0}
     assert set(prov["versions"]) == {"histodecon", "torch", "numpy"}
 
 
@@ -110,7 +137,7 @@ DETERMINISM_SCRIPT = """
 import hashlib, sys
 import numpy as np, torch
 torch.set_num_threads(1)
-from histodecon.tl._regressor import AbundanceRegressor
+from histodecon.tl import AbundanceRegressor
 rng = np.random.default_rng(4)
 x = rng.normal(size=(200, 6)).astype(np.float32)
 y = np.exp(x[:, :3])
@@ -216,7 +243,7 @@ def test_inconsistent_sidecar_is_refused(trained, tmp_path, edit, message):
 
 def _write_signed(sidecar, record):
     """Write a record with a valid `record_sha256`, as someone forging a model file would."""
-    record["record_sha256"] = _record_checksum(record)
+    record["record_sha256"] = record_checksum(record)
     sidecar.write_text(json.dumps(record))
 
 
@@ -228,6 +255,26 @@ def test_edited_or_truncated_sidecar_is_refused(trained, tmp_path):
         hd.tl.AbundanceRegressor.load(sidecar)
     sidecar.write_text(text[: len(text) // 2])
     with pytest.raises(ValueError, match="not valid JSON"):
+        hd.tl.AbundanceRegressor.load(sidecar)
+
+
+def test_model_file_of_version_1_with_former_loss_weight_names_loads(trained, tmp_path):
+    _, sidecar = _saved(trained, tmp_path)
+    record = json.loads(sidecar.read_text())
+    hyperparameters = record["hyperparameters"]
+    hyperparameters["l1"], hyperparameters["l2"] = (
+        hyperparameters.pop("mae_weight"),
+        hyperparameters.pop("pearson_weight"),
+    )
+    record["version"] = 1
+    _write_signed(sidecar, record)
+    loaded = hd.tl.AbundanceRegressor.load(sidecar)
+    assert loaded.hyperparameters == trained.hyperparameters
+    x, _ = nonlinear_data(20, seed=9)
+    np.testing.assert_array_equal(loaded.predict(x), trained.predict(x))
+    record["version"] = 2  # the former names in a file of the current version are refused
+    _write_signed(sidecar, record)
+    with pytest.raises(ValueError, match="exactly the keys"):
         hd.tl.AbundanceRegressor.load(sidecar)
 
 

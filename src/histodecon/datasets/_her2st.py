@@ -14,6 +14,7 @@ import pooch
 import requests
 from spatialdata import SpatialData
 
+from histodecon._constants import Key
 from histodecon._settings import logger
 from histodecon._utils import get_table
 from histodecon.io import read_st
@@ -31,13 +32,13 @@ _SECTION = re.compile(r"^[A-H][1-6]$")
 
 def _local_root(data_dir: str | Path | None) -> Path | None:
     """The her2st folder under ``data_dir`` or ``HISTODECON_DATA_DIR`` (the folder itself or its parent)."""
-    configured = data_dir if data_dir is not None else os.environ.get("HISTODECON_DATA_DIR")
+    configured = data_dir if data_dir is not None else os.environ.get(Key.env.data_dir)
     if configured is None:
         return None
     for candidate in (Path(configured), Path(configured) / "her2st"):
         if (candidate / "ST-cnts").is_dir():
             return candidate
-    source = "`data_dir`" if data_dir is not None else "HISTODECON_DATA_DIR"
+    source = "`data_dir`" if data_dir is not None else Key.env.data_dir
     raise FileNotFoundError(
         f"{source} = {str(configured)!r} contains no her2st data (no ST-cnts folder in it or in its her2st/ "
         "subfolder). Point it at the folder holding ST-cnts, ST-spotfiles, ST-imgs and ST-deconv."
@@ -104,9 +105,10 @@ def _add_proportions(sdata: SpatialData, path: Path) -> SpatialData:
     if not keep.all():
         logger.warning(f"Dropping {(~keep).sum()} spots without a row in {path.name!r}.")
         adata = adata[keep].copy()
-        sdata.tables["table"] = adata
-        sdata.shapes[adata.obs["region"].iloc[0]] = sdata.shapes[adata.obs["region"].iloc[0]].loc[adata.obs_names]
-    adata.obsm["proportions"] = table.loc[adata.obs_names].astype("float64")
+        sdata.tables[Key.tables.table] = adata
+        region = adata.obs[Key.obs.region].iloc[0]
+        sdata.shapes[region] = sdata.shapes[region].loc[adata.obs_names]
+    adata.obsm[Key.obsm.proportions] = table.loc[adata.obs_names].astype("float64")
     return sdata
 
 
@@ -163,11 +165,11 @@ def her2st(
         except (OSError, requests.RequestException) as error:
             raise ConnectionError(
                 f"Could not download her2st section {section!r} from github.com/{REPOSITORY} ({error}). "
-                "Download the data yourself and set HISTODECON_DATA_DIR (or pass `data_dir=`) to its folder."
+                f"Download the data yourself and set {Key.env.data_dir} (or pass `data_dir=`) to its folder."
             ) from error
     counts, spots, image = _section_files(root, section)
     sdata = read_st(counts, spots, image, sample=section)
-    get_table(sdata).obs["patient"] = pd.Categorical([section[0]] * get_table(sdata).n_obs)
+    get_table(sdata).obs[Key.obs.patient] = pd.Categorical([section[0]] * get_table(sdata).n_obs)
     if proportions is not None:
         sdata = _add_proportions(sdata, root / "ST-deconv" / proportions / f"{section}-proportion.tsv")
     return sdata

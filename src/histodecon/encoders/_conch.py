@@ -134,5 +134,5 @@ def conch_entry(*, project: bool) -> Encoder:
     )
 
 
-CONCH = register(conch_entry(project=False))
-CONCH_PROJ = register(conch_entry(project=True))
+register(conch_entry(project=False))
+register(conch_entry(project=True))

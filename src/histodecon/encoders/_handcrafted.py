@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from histodecon.pp._background import GLASS_THRESHOLD
+from histodecon._glass import GLASS_THRESHOLD
 
 from ._registry import Encoder, register
 

@@ -1,16 +1,22 @@
-"""The encoder registry: each model is one declarative :class:`Encoder` entry."""
+"""The encoder registry: each model is one declarative :class:`Encoder` entry, found by name.
+
+Entries and name schemes (``"timm:<model name>"``) are only recorded here; building a model
+and loading its weights is :mod:`histodecon.encoders._factory`'s job, as timm separates its
+``_registry`` from its ``_factory``. This module imports nothing else from the package's
+encoders, so entry modules import it without a cycle.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from os import PathLike
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from histodecon._settings import logger
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -46,7 +52,8 @@ class Encoder:
     Attributes
     ----------
     name
-        Registry name, also the ``obsm`` key suffix: embeddings go to ``obsm[f"X_{name}"]``.
+        Registry name, also the ``obsm`` key suffix: embeddings go to
+        ``obsm[Key.obsm.embedding(name)]`` (``"X_<name>"``).
     dim
         Length of the embedding of one patch.
     build
@@ -81,45 +88,19 @@ class Encoder:
     description: str = ""
 
 
-class PatchEncoder(nn.Module):
-    """A built encoder with its preprocessing: uint8 RGB patches in, float32 embeddings out.
-
-    ``forward`` takes a ``(b, h, w, 3)`` uint8 tensor, as :func:`histodecon.pp.spot_patches`
-    yields, and returns ``(b, dim)`` float32.
-    """
-
-    def __init__(self, entry: Encoder, model: nn.Module, provenance: dict[str, Any]) -> None:
-        super().__init__()
-        self.entry = entry
-        self.model = model
-        self.provenance = provenance
-        if entry.mean is not None:
-            self.register_buffer("mean", torch.tensor(entry.mean).view(1, 3, 1, 1), persistent=False)
-            self.register_buffer("std", torch.tensor(entry.std).view(1, 3, 1, 1), persistent=False)
-
-    @property
-    def dim(self) -> int:
-        """Length of one embedding."""
-        return self.entry.dim
-
-    def preprocess(self, patches: torch.Tensor) -> torch.Tensor:
-        """uint8 ``(b, h, w, 3)`` to the normalised float ``(b, 3, input_size, input_size)`` the model sees."""
-        x = patches.permute(0, 3, 1, 2).float().div_(255.0)
-        size = self.entry.input_size
-        if x.shape[-2:] != (size, size):
-            x = nn.functional.interpolate(
-                x, size=(size, size), mode=self.entry.interpolation, align_corners=False, antialias=True
-            ).clamp_(0.0, 1.0)
-        if self.entry.mean is not None:
-            x = (x - self.mean) / self.std
-        return x
-
-    def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        """Embed a batch of uint8 RGB patches."""
-        return self.model(self.preprocess(patches)).float()
-
-
 _REGISTRY: dict[str, Encoder] = {}
+
+
+@dataclass(frozen=True)
+class _Scheme:
+    """How :func:`get` resolves the names ``"<prefix>:<placeholder>"`` (see :func:`register_scheme`)."""
+
+    resolve: Callable[[str], Encoder]
+    description: str
+    placeholder: str
+
+
+_SCHEMES: dict[str, _Scheme] = {}
 
 
 def register(entry: Encoder, *, overwrite: bool = False) -> Encoder:
@@ -158,8 +139,51 @@ def register(entry: Encoder, *, overwrite: bool = False) -> Encoder:
     return entry
 
 
+def register_scheme(
+    prefix: str,
+    resolve: Callable[[str], Encoder],
+    *,
+    description: str,
+    placeholder: str = "model name",
+    overwrite: bool = False,
+) -> None:
+    """Let :func:`get` resolve every name ``"<prefix>:<model name>"`` by ``resolve("<model name>")``.
+
+    A scheme reaches a whole family of models without registering each one, e.g. ``timm:``
+    any timm model. ``resolve`` should cache its entries, so that a name gives the same entry
+    each time. Prefixes may nest (``"timm:hf-hub"`` within ``"timm"``): the longest that
+    matches a name wins.
+
+    Parameters
+    ----------
+    prefix
+        The scheme, written before the colon.
+    resolve
+        Returns the entry of a model name, or raises :class:`KeyError` naming the problem.
+    description
+        What the scheme reaches, for the message of an unknown name, e.g. ``"any timm model"``.
+    placeholder
+        What follows the colon, for that message, e.g. ``"repo id"``.
+    overwrite
+        Replace an existing scheme of the same prefix.
+
+    Examples
+    --------
+    How :mod:`histodecon.encoders._vit` registers ``timm:``:
+
+    >>> from histodecon.encoders._registry import get, register_scheme
+    >>> from histodecon.encoders._vit import timm_entry
+    >>> register_scheme("timm", timm_entry, description="any timm model", overwrite=True)
+    >>> get("timm:resnet18").dim
+    512
+    """
+    if prefix in _SCHEMES and not overwrite:
+        raise KeyError(f"A name scheme {prefix!r} is already registered. Pass `overwrite=True` to replace it.")
+    _SCHEMES[prefix] = _Scheme(resolve, description, placeholder)
+
+
 def available() -> list[str]:
-    """Names of the registered encoders; ``"timm:<model name>"`` reaches any timm model too.
+    """Names of the registered encoders; name schemes such as ``"timm:<model name>"`` reach more.
 
     Examples
     --------
@@ -181,82 +205,12 @@ def get(name: str) -> Encoder:
     """
     if name in _REGISTRY:
         return _REGISTRY[name]
-    if name.startswith("timm:"):
-        from ._vit import timm_entry
-
-        return timm_entry(name.removeprefix("timm:"))
-    raise KeyError(
-        f"Unknown encoder {name!r}. Available: {available()}, or 'timm:<model name>' for any timm model. "
-        "Add your own with `hd.encoders.register`."
+    for prefix in sorted(_SCHEMES, key=len, reverse=True):
+        if name.startswith(f"{prefix}:"):
+            return _SCHEMES[prefix].resolve(name.removeprefix(f"{prefix}:"))
+    schemes = "".join(
+        f", or '{prefix}:<{scheme.placeholder}>' for {scheme.description}" for prefix, scheme in _SCHEMES.items()
     )
-
-
-def load(name: str, *, weights: str | PathLike | None = None, device: str | torch.device | None = None) -> PatchEncoder:
-    """Build encoder ``name``, load its weights and return it in eval mode on ``device``.
-
-    Parameters
-    ----------
-    name
-        A registry name (see :func:`available`) or ``"timm:<model name>"``.
-    weights
-        Path to the weights file as the model's authors publish it. ``None`` looks in
-        ``$HISTODECON_WEIGHTS_DIR/<name>/``, then the Hugging Face cache, then downloads.
-    device
-        Torch device; ``None`` uses :attr:`histodecon.settings.device`.
-
-    Returns
-    -------
-    The encoder; its ``provenance`` records the weights file and sha256.
-
-    Examples
-    --------
-    >>> import histodecon as hd
-    >>> encoder = hd.encoders.load("handcrafted")
-    """
-    from histodecon._settings import settings
-
-    from ._weights import read_weights
-
-    entry = get(name)
-    if entry.weights is None and weights is not None:
-        raise ValueError(f"Encoder {name!r} takes no weights, but `weights={weights!r}` was given.")
-    # Weights are found before the model is built, so a missing file is reported at once.
-    found = read_weights(entry, weights) if entry.weights is not None else None
-    model = entry.build()
-    provenance: dict[str, Any] = {
-        "model": entry.name,
-        "dim": entry.dim,
-        "input_size": entry.input_size,
-        "patch_size": entry.patch_size,
-        "mpp": entry.mpp,
-    }
-    if found is not None:
-        state, path, sha256 = found
-        _load_strict(model, entry.weights.extract(state), entry.name, path)
-        provenance |= {"weights": str(path), "weights_sha256": sha256}
-    encoder = PatchEncoder(entry, model, provenance)
-    return encoder.eval().requires_grad_(False).to(settings.torch_device(device))
-
-
-def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], name: str, path: Any) -> None:
-    """``load_state_dict(strict=True)`` with a readable report of missing, unexpected and misshapen keys."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    misshapen = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own.keys() & state.keys()
-        if state[k].shape != own[k].shape
-    ]
-    if missing or unexpected or misshapen:
-
-        def show(keys: list[str]) -> str:
-            return ", ".join(keys[:5]) + (f" ... ({len(keys)} in all)" if len(keys) > 5 else "") if keys else "none"
-
-        raise ValueError(
-            f"The weights in {path} do not fit the {name!r} architecture.\n"
-            f"  missing keys: {show(missing)}\n  unexpected keys: {show(unexpected)}\n"
-            f"  shape mismatches: {show(misshapen)}\n"
-            "Check that the file is the official checkpoint of this model."
-        )
-    model.load_state_dict(state, strict=True)
+    raise KeyError(
+        f"Unknown encoder {name!r}. Available: {available()}{schemes}. Add your own with `hd.encoders.register`."
+    )

@@ -11,7 +11,7 @@ from functools import lru_cache, partial
 import torch
 from torch import nn
 
-from ._registry import Encoder, WeightsSource, register
+from ._registry import Encoder, WeightsSource, register, register_scheme
 
 #: File name of a ``timm:<name>`` model's weights, as timm publishes them on the Hugging Face Hub.
 TIMM_WEIGHTS_FILE = "model.safetensors"
@@ -55,7 +55,7 @@ def build_uni2() -> nn.Module:
     )
 
 
-UNI = register(
+register(
     Encoder(
         name="uni",
         dim=1024,
@@ -65,7 +65,7 @@ UNI = register(
     )
 )
 
-UNI2 = register(
+register(
     Encoder(
         name="uni2",
         dim=1536,
@@ -88,8 +88,8 @@ def timm_entry(model_name: str) -> Encoder:
 
     Examples
     --------
-    >>> from histodecon.encoders._vit import timm_entry
-    >>> timm_entry("resnet18").dim
+    >>> import histodecon as hd
+    >>> hd.encoders.get("timm:resnet18").dim
     512
     """
     import timm
@@ -119,6 +119,9 @@ def timm_entry(model_name: str) -> Encoder:
         ),
         description=f"timm model {model_name!r} without its classifier.",
     )
+
+
+register_scheme("timm", timm_entry, description="any timm model")
 
 
 def drop_classifier(state: dict[str, torch.Tensor], *, classifier: tuple[str, ...]) -> dict[str, torch.Tensor]:

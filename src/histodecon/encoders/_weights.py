@@ -10,12 +10,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from histodecon._constants import Key
 from histodecon._settings import logger
 
 if TYPE_CHECKING:
     from ._registry import Encoder
-
-WEIGHTS_DIR_ENV = "HISTODECON_WEIGHTS_DIR"
 
 
 def read_weights(entry: Encoder, explicit: str | os.PathLike | None) -> tuple[dict[str, torch.Tensor], Path, str]:
@@ -38,10 +37,10 @@ def locate_weights(entry: Encoder, explicit: str | os.PathLike | None) -> Path:
         if not path.is_file():
             raise FileNotFoundError(
                 f"Weights file {path} for encoder {entry.name!r} does not exist. Check the path, or leave "
-                f"`weights=` out to use ${WEIGHTS_DIR_ENV}/{entry.name}/ or the Hugging Face cache."
+                f"`weights=` out to use ${Key.env.weights_dir}/{entry.name}/ or the Hugging Face cache."
             )
         return path
-    local_dir = os.environ.get(WEIGHTS_DIR_ENV)
+    local_dir = os.environ.get(Key.env.weights_dir)
     if local_dir:
         path = Path(local_dir).expanduser() / entry.name / source.filename
         if path.is_file():
@@ -49,7 +48,7 @@ def locate_weights(entry: Encoder, explicit: str | os.PathLike | None) -> Path:
     hub_path = _from_hub(source.repo_id, source.filename) if source.repo_id is not None else None
     if hub_path is not None:
         return hub_path
-    target = Path(local_dir or f"${WEIGHTS_DIR_ENV}").expanduser() / entry.name / source.filename
+    target = Path(local_dir or f"${Key.env.weights_dir}").expanduser() / entry.name / source.filename
     if source.repo_id is None:
         origin = "the weights file"
         login = ""
@@ -60,7 +59,7 @@ def locate_weights(entry: Encoder, explicit: str | os.PathLike | None) -> Path:
         )
     raise FileNotFoundError(
         f"No weights found for encoder {entry.name!r}. Either\n"
-        f"  - put {origin} at {target} (${WEIGHTS_DIR_ENV} sets the folder), or\n"
+        f"  - put {origin} at {target} (${Key.env.weights_dir} sets the folder), or\n"
         f"{login}"
         f"  - pass its path: `weights={{{entry.name!r}: '/path/to/{source.filename}'}}` to `hd.tl.embed`."
     )

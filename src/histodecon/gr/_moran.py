@@ -11,6 +11,7 @@ from anndata import AnnData
 from scipy import sparse, stats
 from spatialdata import SpatialData
 
+from histodecon._constants import Key
 from histodecon._docs import inject_docs
 from histodecon._utils import check_overwrite, copy_data, get_table, write_result
 
@@ -58,8 +59,10 @@ def _weights(adata: AnnData, connectivity_key: str) -> sparse.csr_matrix:
             f"No `obsp[{connectivity_key!r}]` in the table. Build the weight graph first with "
             "`hd.gr.rbf_graph(data)`, or pass `connectivity_key=` naming an existing one."
         )
-    W = sparse.csr_matrix(adata.obsp[connectivity_key], dtype=np.float64, copy=True)
-    W.sum_duplicates()
+    W = sparse.csr_matrix(adata.obsp[connectivity_key], dtype=np.float64)
+    if not W.has_canonical_format:  # sum duplicates on a copy: the table's graph stays as it is
+        W = W.copy()
+        W.sum_duplicates()
     return W
 
 
@@ -69,7 +72,7 @@ def _blocks(adata: AnnData, sample: str | None) -> list[tuple[str | None, np.nda
         return blocks
     named = {name: positions for name, positions in blocks if name is not None}
     if sample not in named:
-        raise KeyError(f"No sample {sample!r} in `obs['sample']`; known samples: {list(named)}.")
+        raise KeyError(f"No sample {sample!r} in `obs[{Key.obs.sample!r}]`; known samples: {list(named)}.")
     return [(sample, named[sample])]
 
 
@@ -102,6 +105,18 @@ def _standardise(frame: pd.DataFrame, W: sparse.csr_matrix, blocks: list) -> _St
     return _Standardised(Z=Z, W=W, block_starts=starts, constant=constant)
 
 
+def _sum_with_transpose(W: sparse.csr_matrix) -> float:
+    """``sum(W * W^T)``; for a structurally symmetric ``W`` (an RBF graph) the dot product of aligned data.
+
+    ``W^T`` in CSR form comes from a linear-time transposition with sorted indices; when its
+    structure is ``W``'s, their data arrays hold the same entries in the same order.
+    """
+    Wt = W.T.tocsr()
+    if W.has_sorted_indices and np.array_equal(W.indptr, Wt.indptr) and np.array_equal(W.indices, Wt.indices):
+        return float(W.data @ Wt.data)
+    return float(W.multiply(Wt).sum())
+
+
 def _null_moments(W: sparse.csr_matrix, starts: np.ndarray) -> tuple[float, float, float, float]:
     """Analytic null of ``R = Z^T W Z / S0``: off-diagonal variance, diagonal mean and variance, S0.
 
@@ -114,8 +129,8 @@ def _null_moments(W: sparse.csr_matrix, starts: np.ndarray) -> tuple[float, floa
         n, m = hi - lo, hi - lo - 1
         s0_b = Wb.sum()
         rows, cols = np.asarray(Wb.sum(axis=1)).ravel(), np.asarray(Wb.sum(axis=0)).ravel()
-        w_w = float((Wb.data**2).sum())  # sum(W * W)
-        w_wt = float(Wb.multiply(Wb.T).sum())  # sum(W * W^T)
+        w_w = float(Wb.data @ Wb.data)  # sum(W * W)
+        w_wt = _sum_with_transpose(Wb)  # sum(W * W^T)
         var_off += (n / m) ** 2 * (w_w - (rows @ rows + cols @ cols) / n + s0_b**2 / n**2)
         # B = H W_sym H: tr(B) = tr(W) - S0 / N; tr(B^2) = sum(W_sym^2) - 2 |W_sym 1|^2 / N + S0^2 / N^2.
         sym_rows = (rows + cols) / 2
@@ -161,12 +176,12 @@ def _permutation_counts(std: _Standardised, R: np.ndarray, n_perms: int, seed: i
 def moran_r(
     data: SpatialData | AnnData,
     *,
-    key: str = "pred_abund",
-    connectivity_key: str = "rbf_connectivities",
+    key: str = Key.obsm.pred_abund,
+    connectivity_key: str = Key.obsp.connectivities,
     sample: str | None = None,
     n_perms: int | None = None,
     seed: int = 0,
-    table_key: str = "table",
+    table_key: str = Key.tables.table,
     key_added: str | None = None,
     overwrite: bool = False,
     copy: bool = False,
@@ -254,7 +269,7 @@ def moran_r(
     (5, 5)
     """
     adata = get_table(data, table_key)
-    key_added = key_added or f"{key}_moranR"
+    key_added = key_added or Key.uns.moran(key)
     check_overwrite(adata.uns, key_added, "adata.uns", overwrite)
     if n_perms is not None and (not isinstance(n_perms, int | np.integer) or n_perms < 1):
         raise ValueError(f"`n_perms` must be a positive integer or None, got {n_perms!r}.")

@@ -8,6 +8,7 @@ from scipy import sparse
 from scipy.spatial import cKDTree
 from spatialdata import SpatialData
 
+from histodecon._constants import Key
 from histodecon._docs import inject_docs
 from histodecon._utils import (
     check_centres,
@@ -32,10 +33,10 @@ def truncation_radius(length_scale: float, cutoff: float) -> float:
 
 
 def sample_blocks(adata: AnnData) -> list[tuple[str | None, np.ndarray]]:
-    """``(sample, positions)`` of each sample's spots; one unnamed block without ``obs['sample']``."""
-    if "sample" not in adata.obs:
+    """``(sample, positions)`` of each sample's spots; one unnamed block without ``obs[Key.obs.sample]``."""
+    if Key.obs.sample not in adata.obs:
         return [(None, np.arange(adata.n_obs))]
-    samples = adata.obs["sample"].astype("category")
+    samples = adata.obs[Key.obs.sample].astype("category")
     codes = samples.cat.codes.to_numpy()
     return [(str(name), np.flatnonzero(codes == i)) for i, name in enumerate(samples.cat.categories)]
 
@@ -51,20 +52,80 @@ def _mpp(adata: AnnData, sample: str | None) -> float:
         ) from None
 
 
-def _block_graph(coords: np.ndarray, length_scale_px: float, cutoff: float) -> tuple[np.ndarray, ...]:
-    """Pairs ``(i, j, distance, weight)`` of one sample, both directions, self-pairs included."""
-    pairs = cKDTree(coords).query_pairs(truncation_radius(length_scale_px, cutoff), output_type="ndarray")
+def _block_pairs(coords: np.ndarray, radius_px: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs ``i < j`` of spots of one sample within ``radius_px``, and their distances."""
+    pairs = cKDTree(coords).query_pairs(radius_px, output_type="ndarray")
     i, j = pairs[:, 0], pairs[:, 1]
-    dist = np.linalg.norm(coords[i] - coords[j], axis=1)
-    weight = np.exp(-(dist**2) / (2.0 * length_scale_px**2))
-    self_ = np.arange(len(coords))
-    rows = np.concatenate([i, j, self_])
-    cols = np.concatenate([j, i, self_])
-    dists = np.concatenate([dist, dist, np.zeros(len(coords))])
-    weights = np.concatenate([weight, weight, np.ones(len(coords))])
-    # Each sample's weights sum to its number of spots, so pooled Moran's R weighs samples by size.
-    weights *= len(coords) / weights.sum()
-    return rows, cols, dists, weights
+    dx = coords[i, 0] - coords[j, 0]
+    dy = coords[i, 1] - coords[j, 1]
+    return i, j, np.sqrt(dx * dx + dy * dy)
+
+
+def _index_dtype(size: int) -> type:
+    """The integer type scipy uses for indices up to ``size``: int32 where it fits."""
+    return np.int32 if size < np.iinfo(np.int32).max else np.int64
+
+
+def _symmetric_csr(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n: int) -> sparse.csr_matrix:
+    """The canonical CSR matrix holding ``values[e]`` at ``(rows[e], cols[e])``, for symmetric entries.
+
+    The entries must describe a symmetric matrix without duplicates. Two linear-time transpositions in
+    scipy's C code replace the comparison sort of :meth:`~scipy.sparse.csr_matrix.sum_duplicates`:
+    transposing a matrix with one entry per row (entry ``e`` in column ``rows[e]``) groups the entries
+    by row, and transposing the grouped matrix, equal to its transpose, sorts each row's columns.
+    """
+    m = len(rows)
+    one_per_row = sparse.csr_matrix((values, rows, np.arange(m + 1, dtype=rows.dtype)), shape=(m, n))
+    by_row = one_per_row.T.tocsr()
+    grouped = sparse.csr_matrix((by_row.data, cols[by_row.indices], by_row.indptr), shape=(n, n))
+    return grouped.T.tocsr()
+
+
+def _graph(
+    coords: np.ndarray, blocks: list[tuple[str | None, np.ndarray]], scales: dict, cutoff: float
+) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
+    """Weights (self-pairs included, each block scaled to sum to its size) and distances (no self-pairs), CSR.
+
+    The pairs of all blocks are put in CSR order at once, carrying their distances; the weights
+    are computed on that structure, and the distances are it less its diagonal, which every row
+    holds exactly once.
+    """
+    n = len(coords)
+    rows, cols, dists = [], [], []
+    for sample, positions in blocks:
+        i, j, dist = _block_pairs(coords[positions], truncation_radius(scales[sample], cutoff))
+        rows += [i, j, np.arange(len(positions))]
+        cols += [j, i, np.arange(len(positions))]
+        dists += [dist, dist, np.zeros(len(positions))]
+        if len(positions) != n:
+            rows[-3:] = [positions[r] for r in rows[-3:]]
+            cols[-3:] = [positions[c] for c in cols[-3:]]
+    dtype = _index_dtype(sum(len(d) for d in dists))
+    rows, cols = (np.concatenate(parts).astype(dtype, copy=False) for parts in (rows, cols))
+    graph = _symmetric_csr(rows, cols, np.concatenate(dists), n)
+    del rows, cols
+    indptr, indices, dist = graph.indptr, graph.indices, graph.data
+    row_of = np.repeat(np.arange(n, dtype=indices.dtype), np.diff(indptr))
+    if len(blocks) == 1:
+        weights = np.exp(-(dist**2) / (2.0 * scales[blocks[0][0]] ** 2))
+        # Each sample's weights sum to its number of spots, so pooled Moran's R weighs samples by size.
+        weights *= n / weights.sum()
+    else:
+        block_of = np.empty(n, dtype=np.intp)
+        for b, (_, positions) in enumerate(blocks):
+            block_of[positions] = b
+        entry_block = block_of[row_of]
+        lengths = np.array([scales[sample] for sample, _ in blocks])
+        weights = np.exp(-(dist**2) / (2.0 * lengths[entry_block] ** 2))
+        sizes = np.array([len(positions) for _, positions in blocks])
+        weights *= (sizes / np.bincount(entry_block, weights=weights, minlength=len(blocks)))[entry_block]
+    connectivities = sparse.csr_matrix((weights, indices, indptr), shape=(n, n))
+    off_diagonal = indices != row_of
+    no_diagonal = indptr - np.arange(n + 1, dtype=indptr.dtype)
+    distances = sparse.csr_matrix((dist[off_diagonal], indices[off_diagonal], no_diagonal), shape=(n, n))
+    for matrix in (connectivities, distances):
+        matrix.has_canonical_format = True
+    return connectivities, distances
 
 
 @inject_docs
@@ -74,8 +135,8 @@ def rbf_graph(
     length_scale_um: float = DEFAULT_LENGTH_SCALE_UM,
     length_scale_px: float | None = None,
     cutoff: float = DEFAULT_CUTOFF,
-    table_key: str = "table",
-    key_added: str = "rbf",
+    table_key: str = Key.tables.table,
+    key_added: str = Key.obsp.rbf,
     overwrite: bool = False,
     copy: bool = False,
 ) -> SpatialData | AnnData | None:
@@ -135,42 +196,34 @@ def rbf_graph(
     else:
         check_positive(length_scale_um, "length_scale_um")
     adata = get_table(data, table_key)
-    if "spatial" not in adata.obsm:
-        raise KeyError("The table has no `obsm['spatial']` spot coordinates; read the slide with `hd.io` first.")
+    if Key.obsm.spatial not in adata.obsm:
+        raise KeyError(
+            f"The table has no `obsm[{Key.obsm.spatial!r}]` spot coordinates; read the slide with `hd.io` first."
+        )
     if adata.n_obs == 0:
         raise ValueError("The table has no spots; a spatial graph needs at least one.")
-    coords = check_centres(adata.obsm["spatial"], adata.obs_names, "`obsm['spatial']`")
+    coords = check_centres(adata.obsm[Key.obsm.spatial], adata.obs_names, f"`obsm[{Key.obsm.spatial!r}]`")
     blocks = sample_blocks(adata)
-    block_scales = {}
+    scales = {}
     for sample, positions in blocks:
         if length_scale_px is not None:
-            block_scales[sample] = float(length_scale_px)
+            scales[sample] = float(length_scale_px)
             continue
         mpp = _mpp(adata, sample)
         check_spot_spacing(coords[positions], mpp, f"sample {sample!r}")
-        block_scales[sample] = length_scale_um / mpp
-    if copy:
-        data = copy_data(data)
-        adata = get_table(data, table_key)
+        scales[sample] = length_scale_um / mpp
     conn_key, dist_key, params_key = f"{key_added}_connectivities", f"{key_added}_distances", f"{key_added}_neighbors"
     check_overwrite(adata.obsp, conn_key, "adata.obsp", overwrite)
     check_overwrite(adata.obsp, dist_key, "adata.obsp", overwrite)
     check_overwrite(adata.uns, params_key, "adata.uns", overwrite)
 
-    parts, scales = [], {}
-    for sample, positions in blocks:
-        block_px = block_scales[sample]
-        rows, cols, dists, weights = _block_graph(coords[positions], block_px, cutoff)
-        parts.append((positions[rows], positions[cols], dists, weights))
-        scales[sample if sample is not None else "all"] = block_px
-    rows, cols, dists, weights = (np.concatenate(arrays) for arrays in zip(*parts, strict=True))
-    shape = (adata.n_obs, adata.n_obs)
-    connectivities = sparse.csr_matrix((weights, (rows, cols)), shape=shape)
-    off_diagonal = rows != cols
-    distances = sparse.csr_matrix((dists[off_diagonal], (rows[off_diagonal], cols[off_diagonal])), shape=shape)
-
+    connectivities, distances = _graph(coords, blocks, scales, cutoff)
+    if copy:
+        data = copy_data(data)
+        adata = get_table(data, table_key)
     write_result(adata, "obsp", conn_key, connectivities, overwrite=overwrite)
     write_result(adata, "obsp", dist_key, distances, overwrite=overwrite)
+    scales = {"all" if sample is None else sample: px for sample, px in scales.items()}
     params = {
         "length_scale_um": None if length_scale_px is not None else float(length_scale_um),
         "length_scale_px": scales,

@@ -1,6 +1,7 @@
 """Reading slides into SpatialData."""
 
 from ._anndata import from_anndata
+from ._hest import read_hest
 from ._slide import read_slide
 from ._st import read_st
 from ._visium import read_visium

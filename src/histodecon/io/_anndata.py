@@ -6,13 +6,14 @@ import numpy as np
 from anndata import AnnData
 from spatialdata import SpatialData
 
+from histodecon._constants import Key
 from histodecon._utils import check_centres, check_positive, check_spot_spacing, check_spots_inside, get_table
 from histodecon.io._build import build_sdata
 from histodecon.io._image import as_rgb
 from histodecon.io._visium import VISIUM_SPOT_UM
 
 #: Columns that the histodecon table sets itself; same-named user columns are not carried over.
-_RESERVED_OBS = ("sample", "region", "spot_id")
+_RESERVED_OBS = (Key.obs.sample, Key.obs.region, Key.obs.spot_id)
 
 
 def _hires_uint8(image: np.ndarray, library_id: str) -> np.ndarray:
@@ -69,8 +70,8 @@ def from_anndata(
     if not isinstance(adata, AnnData):
         raise TypeError(f"from_anndata needs an AnnData, got {type(adata).__name__}.")
     check_positive(spot_diameter_um, "spot_diameter_um")
-    libraries = adata.uns.get("spatial", {})
-    if not libraries or "spatial" not in adata.obsm:
+    libraries = adata.uns.get(Key.uns.spatial, {})
+    if not libraries or Key.obsm.spatial not in adata.obsm:
         raise KeyError(
             "The AnnData lacks `uns['spatial']` or `obsm['spatial']`. Read Visium data with "
             "`scanpy.read_visium` / `squidpy.read.visium`, or use `hd.io.read_visium` on the Space Ranger folder."
@@ -91,7 +92,7 @@ def from_anndata(
     scale = float(scalefactors["tissue_hires_scalef"])
     spot_px = float(scalefactors["spot_diameter_fullres"]) * scale
     image = _hires_uint8(library["images"]["hires"], library_id)
-    centres = check_centres(adata.obsm["spatial"], adata.obs_names, "`obsm['spatial']`") * scale
+    centres = check_centres(adata.obsm[Key.obsm.spatial], adata.obs_names, f"`obsm[{Key.obsm.spatial!r}]`") * scale
     check_spots_inside(centres, adata.obs_names, image.shape[2], image.shape[1], f"{library_id} hires")
     mpp = spot_diameter_um / spot_px
     check_spot_spacing(centres, mpp, f"library {library_id!r}")
@@ -111,6 +112,6 @@ def from_anndata(
     table = get_table(sdata)
     table.var = adata.var.copy()
     for key, value in adata.obsm.items():
-        if key != "spatial":
+        if key != Key.obsm.spatial:
             table.obsm[key] = value.copy()
     return sdata

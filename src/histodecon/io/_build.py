@@ -11,7 +11,8 @@ from spatialdata import SpatialData
 from spatialdata.models import Image2DModel, ShapesModel, TableModel
 from spatialdata.transformations import Identity
 
-from histodecon._utils import UNS_KEY, check_centres, check_positive
+from histodecon._constants import Key
+from histodecon._utils import check_centres, check_positive
 
 #: Images whose longer side exceeds this many pixels are stored as a multiscale pyramid.
 PYRAMID_ABOVE_PX = 4096
@@ -100,10 +101,10 @@ def build_sdata(
     table_obs = pd.DataFrame(index=spot_ids)
     if obs is not None:
         table_obs = table_obs.join(obs.set_axis(obs.index.astype(str)))
-    table_obs["sample"] = pd.Categorical([sample] * n_spots)
-    table_obs["in_tissue"] = table_obs.get("in_tissue", pd.Series(True, index=spot_ids)).astype(bool)
-    table_obs["region"] = pd.Categorical([shapes_key] * n_spots)
-    table_obs["spot_id"] = spot_ids.to_numpy()
+    table_obs[Key.obs.sample] = pd.Categorical([sample] * n_spots)
+    table_obs[Key.obs.in_tissue] = table_obs.get(Key.obs.in_tissue, pd.Series(True, index=spot_ids)).astype(bool)
+    table_obs[Key.obs.region] = pd.Categorical([shapes_key] * n_spots)
+    table_obs[Key.obs.spot_id] = spot_ids.to_numpy()
     if X is None:
         X, var = sparse.csr_matrix((n_spots, 0), dtype=np.float32), pd.DataFrame(index=pd.Index([], dtype=str))
     else:
@@ -111,9 +112,9 @@ def build_sdata(
             raise ValueError("`var_names` is required together with counts `X`.")
         var = pd.DataFrame(index=pd.Index([str(g) for g in var_names]))
     adata = AnnData(X=X, obs=table_obs, var=var)
-    adata.obsm["spatial"] = centres_xy
-    adata.uns[UNS_KEY] = {
-        "samples": {
+    adata.obsm[Key.obsm.spatial] = centres_xy
+    adata.uns[Key.uns.root] = {
+        Key.uns.samples: {
             sample: {
                 "mpp": float(mpp),
                 "spot_diameter_px": float(spot_diameter_px),
@@ -123,5 +124,5 @@ def build_sdata(
             }
         }
     }
-    table = TableModel.parse(adata, region=shapes_key, region_key="region", instance_key="spot_id")
-    return SpatialData(images={image_key: image_el}, shapes={shapes_key: shapes_el}, tables={"table": table})
+    table = TableModel.parse(adata, region=shapes_key, region_key=Key.obs.region, instance_key=Key.obs.spot_id)
+    return SpatialData(images={image_key: image_el}, shapes={shapes_key: shapes_el}, tables={Key.tables.table: table})

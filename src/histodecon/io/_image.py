@@ -24,11 +24,22 @@ def check_file(path: str | Path, what: str) -> Path:
     return path
 
 
+def over_white(rgba: np.ndarray | da.Array) -> np.ndarray | da.Array:
+    """``(4, y, x)`` uint8 RGBA as RGB, fully transparent pixels white (glass); other alpha values are ignored.
+
+    Scanner exports and OpenSlide mark the unscanned area with alpha 0; it is background.
+    """
+    if isinstance(rgba, np.ndarray) and rgba[3].min() > 0:
+        return rgba[:3]
+    return (rgba[:3] | np.where(rgba[3:] == 0, np.uint8(255), np.uint8(0))).astype(np.uint8)
+
+
 def as_rgb(image: np.ndarray | da.Array, name: str, axes: str = "YXS") -> np.ndarray | da.Array:
     """Validate an image and return it as ``(c, y, x)`` uint8 RGB.
 
     ``axes`` names the dimensions (tifffile letters: ``Y``, ``X`` and ``S`` or ``C`` for colour;
-    other axes must have length 1). An alpha channel is dropped; grayscale and images with
+    other axes must have length 1). Fully transparent pixels of an alpha channel become white
+    (background, i.e. glass), the alpha channel is then dropped; grayscale and images with
     more than 8 bits per channel are refused, since converting them would hide a wrong file.
     """
     squeeze = tuple(i for i, a in enumerate(axes) if a not in "YXSC" and image.shape[i] == 1)
@@ -52,7 +63,7 @@ def as_rgb(image: np.ndarray | da.Array, name: str, axes: str = "YXS") -> np.nda
         )
     order = [axes.index(colour), axes.index("Y"), axes.index("X")]
     image = image.transpose(order)
-    return image[:3]
+    return over_white(image) if n_channels == 4 else image
 
 
 def _read_tiff(path: Path) -> list[da.Array]:
@@ -69,7 +80,9 @@ def _read_pil(path: Path) -> np.ndarray:
     guard, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # slides exceed PIL's decompression-bomb limit
     try:
         with Image.open(path) as img:
-            array = np.asarray(img.convert("RGB") if img.mode in _PIL_COLOUR_MODES else img)
+            keep_alpha = img.mode in ("RGBA", "PA") or "transparency" in img.info
+            colour = "RGBA" if keep_alpha else "RGB"
+            array = np.asarray(img.convert(colour) if img.mode in _PIL_COLOUR_MODES else img)
     finally:
         Image.MAX_IMAGE_PIXELS = guard
     return as_rgb(array, path.name, "YXS" if array.ndim == 3 else "YX")
@@ -78,10 +91,16 @@ def _read_pil(path: Path) -> np.ndarray:
 def read_image(path: str | Path) -> list[np.ndarray | da.Array]:
     """Read an H&E image file as ``(c, y, x)`` uint8 RGB: its pyramid levels, finest first.
 
-    TIFF / OME-TIFF / SVS are read lazily through tifffile (a list of all stored levels);
+    TIFF / OME-TIFF / SVS are read lazily through tifffile and the vendor formats of
+    OpenSlide (NDPI, MRXS, ...) through OpenSlide, tile by tile (a list of all stored levels);
     JPEG, PNG and the other formats PIL reads are decoded into memory (a single level).
+    Transparent pixels become white.
     """
+    from histodecon.io._wsi import OPENSLIDE_SUFFIXES, read_openslide
+
     path = check_file(path, "image")
     if path.name.lower().endswith(TIFF_SUFFIXES):
         return _read_tiff(path)
+    if path.name.lower().endswith(OPENSLIDE_SUFFIXES):
+        return read_openslide(path)
     return [_read_pil(path)]

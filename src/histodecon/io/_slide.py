@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import dask.array as da
 import numpy as np
 import pandas as pd
 from spatialdata import SpatialData
 
+from histodecon._constants import Key
+from histodecon._glass import GLASS_THRESHOLD, MAX_GLASS_FRACTION, check_rule, glass_mask
 from histodecon._settings import logger
 from histodecon._utils import check_positive
 from histodecon.io._build import build_sdata
+from histodecon.io._grid import default_spacing, grid_centres
 from histodecon.io._image import as_rgb, read_image
-from histodecon.pp._background import GLASS_THRESHOLD, MAX_GLASS_FRACTION, check_rule, glass_mask
+from histodecon.io._wsi import resolve_mpp, stored_pyramid
 
+#: Fields of the per-sample provenance record written here: where ``mpp`` came from and the grid laid.
+MPP_SOURCE, GRID, GRID_SPACING_UM = "mpp_source", "grid", "grid_spacing_um"
 #: The tissue mask is block-averaged down to a resolution where a pseudo-spot spans about this many pixels ...
 MASK_PX_PER_SPOT = 8
 #: ... unless a stored pyramid level is already coarser, down to this many pixels per spot.
@@ -62,7 +68,8 @@ def _glass_fraction(glass: np.ndarray, centres: np.ndarray, half_px: float, scal
 def read_slide(
     image: str | Path | np.ndarray | da.Array,
     *,
-    mpp: float,
+    mpp: float | None = None,
+    grid: Literal["square", "hex"] = "square",
     spot_diameter_um: float = 55.0,
     spacing_um: float | None = None,
     sample: str | None = None,
@@ -71,27 +78,41 @@ def read_slide(
 ) -> SpatialData:
     """Read an H&E image without spatial transcriptomics and place pseudo-spots on its tissue.
 
-    Pseudo-spots of ``spot_diameter_um`` lie on a square grid ``spacing_um`` apart; only those
-    over tissue are kept, judged by the glass rule of :func:`histodecon.pp.filter_background`
+    Pseudo-spots of ``spot_diameter_um`` lie on a square or hexagonal grid ``spacing_um`` apart;
+    only those over tissue are kept, judged by the glass rule of :func:`histodecon.pp.filter_background`
     (pixels above ``glass_threshold`` in R, G and B are glass; spots whose square is more than
     ``max_glass_fraction`` glass are dropped), evaluated on a downsampled copy of the image
     (a stored pyramid level of a TIFF when there is one) on which a spot spans 4 to 8 pixels.
     This is the input of :func:`histodecon.tl.predict` for new patients.
 
-    TIFF / OME-TIFF / SVS files are read lazily through tifffile, tile by tile; JPEG and PNG are
-    decoded into memory. An alpha channel is dropped; grayscale and 16-bit images are refused
-    with the conversion to apply.
+    TIFF / OME-TIFF / SVS files are read lazily through tifffile and the other whole-slide
+    formats (NDPI, MRXS, SCN, ...) through OpenSlide, tile by tile, their stored pyramid levels
+    becoming the levels of the multiscale image; JPEG and PNG are decoded into memory.
+    Fully transparent pixels of an RGBA image are background (white, so no pseudo-spot lies on them);
+    grayscale and 16-bit images are refused with the conversion to apply.
+
+    Without ``mpp``, µm per pixel is read from the file: OpenSlide's ``mpp-x``, an Aperio
+    description's ``MPP =``, OME-XML ``PhysicalSizeX`` or the TIFF resolution tags (inch or cm);
+    the value and its source (``"argument"``, ``"openslide"``, ``"aperio"``, ``"ome-xml"``,
+    ``"tiff-resolution"``) are recorded in ``uns['histodecon']['samples'][sample]`` as ``mpp``
+    and ``mpp_source``.
 
     Parameters
     ----------
     image
-        Image file, or an array ``(y, x, 3)`` uint8 (numpy or dask).
+        Image file, or an array ``(y, x, 3)`` or ``(y, x, 4)`` uint8 (numpy or dask).
     mpp
-        Micrometres per pixel of the image (e.g. about 0.25 at 40x, 0.5 at 20x).
+        Micrometres per pixel of the image (e.g. about 0.25 at 40x, 0.5 at 20x); default read
+        from the file's metadata, required for arrays.
+    grid
+        ``"square"`` (the default, spots in rows and columns) or ``"hex"`` (Visium's layout:
+        rows ``sqrt(3) / 2`` pitches apart, every other row shifted by half a pitch).
+        ``grid="hex", spacing_um=100`` with the default 55 um spots is the Visium geometry.
     spot_diameter_um
         Pseudo-spot diameter; 55 um as Visium by default.
     spacing_um
-        Centre-to-centre distance of the grid; default ``spot_diameter_um`` (touching spots).
+        Centre-to-centre distance of neighbouring spots; default ``spot_diameter_um`` on a square
+        grid (touching spots) and ``spot_diameter_um * 100 / 55`` on a hexagonal one (Visium's pitch).
     sample
         Sample name; default the file name without its suffixes, or ``"slide"`` for an array.
     glass_threshold
@@ -102,37 +123,41 @@ def read_slide(
     Returns
     -------
     SpatialData in the histodecon layout with an empty-gene table (0 variables), pseudo-spots
-    named ``"{col}x{row}"`` by their grid position (``obs['array_col']``, ``obs['array_row']``).
+    named ``"{col}x{row}"`` by their grid position (``obs['array_col']``, ``obs['array_row']``;
+    on a hexagonal grid ``array_col`` counts half-pitches, as on Visium).
 
     Examples
     --------
     >>> import histodecon as hd
-    >>> sdata = hd.io.read_slide("patient_7.ome.tif", mpp=0.25)  # doctest: +SKIP
-    >>> sdata.tables["table"].n_obs  # doctest: +SKIP
+    >>> sdata = hd.io.read_slide("patient_7.svs")  # doctest: +SKIP
+    >>> sdata.tables["table"].uns["histodecon"]["samples"]["patient_7"]["mpp_source"]  # doctest: +SKIP
+    'aperio'
+    >>> visium_like = hd.io.read_slide("patient_7.ndpi", grid="hex", spacing_um=100)  # doctest: +SKIP
     """
-    check_positive(mpp, "mpp")
+    if mpp is not None:
+        check_positive(mpp, "mpp")
     check_positive(spot_diameter_um, "spot_diameter_um")
-    spacing_um = spot_diameter_um if spacing_um is None else spacing_um
+    spacing_um = default_spacing(grid, spot_diameter_um) if spacing_um is None else spacing_um
     check_positive(spacing_um, "spacing_um")
     check_rule(glass_threshold, max_glass_fraction)
     if isinstance(image, str | Path):
         levels = read_image(image)
         sample = sample or Path(image).name.split(".")[0]
+        mpp, mpp_source = resolve_mpp(mpp, Path(image))
     elif isinstance(image, np.ndarray | da.Array):
         levels = [as_rgb(image, "image", "YXS" if image.ndim == 3 else "YX")]
         sample = sample or "slide"
+        mpp, mpp_source = resolve_mpp(mpp, None)
     else:
         raise TypeError(f"`image` must be a file path or a (y, x, 3) uint8 array, got {type(image).__name__}.")
     height, width = levels[0].shape[1:]
     spot_px, spacing_px = spot_diameter_um / mpp, spacing_um / mpp
 
-    cols, rows = np.arange(int(width // spacing_px)), np.arange(int(height // spacing_px))
-    if not len(cols) or not len(rows):
+    centres, grid_col, grid_row = grid_centres(width, height, spacing_px, grid)
+    if not len(centres):
         raise ValueError(
             f"The {width} x {height} px image is smaller than one {spacing_um:g} um grid step at {mpp} mpp."
         )
-    grid_col, grid_row = (a.ravel() for a in np.meshgrid(cols, rows))
-    centres = np.column_stack([(grid_col + 0.5) * spacing_px, (grid_row + 0.5) * spacing_px])
     mask, scale_y, scale_x = _glass_lowres(levels, spot_px, glass_threshold)
     glass = _glass_fraction(mask, centres, spot_px / 2, (scale_y, scale_x))
     tissue = glass <= max_glass_fraction
@@ -144,6 +169,12 @@ def read_slide(
     logger.info(f"Placed {tissue.sum()} of {len(tissue)} pseudo-spots of {sample!r} on tissue.")
     ids = pd.Index([f"{c}x{r}" for c, r in zip(grid_col[tissue], grid_row[tissue], strict=True)])
     obs = pd.DataFrame({"array_col": grid_col[tissue], "array_row": grid_row[tissue]}, index=ids)
-    return build_sdata(
+    sdata = build_sdata(
         levels[0], centres[tissue], sample=sample, mpp=mpp, spot_diameter_px=spot_px, spot_ids=ids, obs=obs
     )
+    record = sdata.tables[Key.tables.table].uns[Key.uns.root][Key.uns.samples][sample]
+    record.update({MPP_SOURCE: mpp_source, GRID: grid, GRID_SPACING_UM: float(spacing_um)})
+    if len(levels) > 1:
+        (image_key,) = sdata.images
+        sdata.images[image_key] = stored_pyramid(levels, sdata.images[image_key])
+    return sdata

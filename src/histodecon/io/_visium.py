@@ -10,6 +10,7 @@ import spatialdata_io
 from spatialdata import SpatialData
 from spatialdata.transformations import Identity, get_transformation
 
+from histodecon._constants import Key
 from histodecon._utils import check_centres, check_positive, check_spot_spacing, check_spots_inside, get_table
 from histodecon.io._build import build_sdata
 from histodecon.io._image import read_image
@@ -94,7 +95,7 @@ def read_visium(
     adata = get_table(reference)
     system = _identity_system(reference.shapes[sample])
     spot_px = float(scalefactors["spot_diameter_fullres"])
-    centres = check_centres(adata.obsm["spatial"], adata.obs_names, "Space Ranger spot positions")
+    centres = check_centres(adata.obsm[Key.obsm.spatial], adata.obs_names, "Space Ranger spot positions")
     if fullres_image is None:
         image_path = path / "spatial" / "tissue_hires_image.png"
         scale = float(scalefactors["tissue_hires_scalef"])
@@ -115,7 +116,7 @@ def read_visium(
         spot_ids=adata.obs_names,
         X=adata.X,
         var_names=adata.var_names,
-        obs=adata.obs[["in_tissue", "array_row", "array_col"]],
+        obs=adata.obs[[Key.obs.in_tissue, Key.obs.array_row, Key.obs.array_col]],
         coordinate_system=system,
     )
     get_table(sdata).var = adata.var.copy()

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from histodecon._constants import Key
+
 
 def _r_matrix(R: pd.DataFrame | Mapping, name: str) -> pd.DataFrame:
     """The cell types x cell types R of a DataFrame or of a :func:`histodecon.gr.moran_r` result."""
@@ -15,7 +17,7 @@ def _r_matrix(R: pd.DataFrame | Mapping, name: str) -> pd.DataFrame:
     if not isinstance(R, pd.DataFrame):
         raise TypeError(
             f"`{name}` must be a cell types x cell types DataFrame or a `hd.gr.moran_r` result "
-            f"(`adata.uns['<key>_moranR']`), got {type(R).__name__}."
+            f"(`adata.uns[{Key.uns.moran('<key>')!r}]`), got {type(R).__name__}."
         )
     if set(R.index) != set(R.columns) or R.index.has_duplicates:
         raise ValueError(f"`{name}` must be square with the same unique cell types as index and columns.")

@@ -15,6 +15,7 @@ from scipy.cluster import hierarchy
 from scipy.spatial.distance import squareform
 from spatialdata import SpatialData
 
+from histodecon._constants import Key
 from histodecon._utils import get_table
 
 from ._utils import save_figure
@@ -24,13 +25,13 @@ LINKAGE_METHODS = ("average", "complete", "single", "weighted")
 
 
 def _moran_result(adata: AnnData, key: str) -> pd.DataFrame:
-    """``R`` of ``uns[key]`` if that is a Moran's R result, else of ``uns[f'{key}_moranR']``."""
-    for uns_key in (key, f"{key}_moranR"):
+    """``R`` of ``uns[key]`` if that is a Moran's R result, else of ``uns[Key.uns.moran(key)]``."""
+    for uns_key in (key, Key.uns.moran(key)):
         result = adata.uns.get(uns_key)
         if isinstance(result, Mapping) and isinstance(result.get("R"), pd.DataFrame):
             return result["R"]
     raise KeyError(
-        f"No Moran's R result for {key!r} in `uns` (looked for {key!r} and {key + '_moranR'!r}). "
+        f"No Moran's R result for {key!r} in `uns` (looked for {key!r} and {Key.uns.moran(key)!r}). "
         f"Compute it with `hd.gr.moran_r(data, key={key!r})`."
     )
 
@@ -63,12 +64,12 @@ def _colour_limit(matrices: list[pd.DataFrame]) -> float:
 def colocalization(
     data: SpatialData | AnnData,
     *,
-    keys: Sequence[str] = ("abund", "pred_abund"),
+    keys: Sequence[str] = (Key.obsm.abund, Key.obsm.pred_abund),
     titles: Sequence[str] | None = None,
     method: str = "average",
     cmap: str = "RdBu_r",
     annotate: bool = False,
-    table_key: str = "table",
+    table_key: str = Key.tables.table,
     figsize: tuple[float, float] | None = None,
     save: str | Path | None = None,
 ) -> Figure:

@@ -12,7 +12,7 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from histodecon.tl._cross_validate import CVResult
+from histodecon.tl import CVResult
 
 from ._utils import save_figure
 

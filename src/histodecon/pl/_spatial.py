@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from spatialdata import SpatialData, get_pyramid_levels
 from xarray import DataArray, DataTree
 
+from histodecon._constants import Key
 from histodecon._utils import get_table, sample_info, samples_of
 
 from ._utils import save_figure
@@ -29,8 +30,8 @@ def _sample_spots(adata: AnnData, sample: str | None) -> tuple[str, np.ndarray]:
             raise ValueError(f"The table holds samples {samples}; pass `sample=` to pick the one to draw.")
         sample = samples[0]
     if sample not in samples:
-        raise KeyError(f"No sample {sample!r} in `obs['sample']`; known samples: {samples}.")
-    return sample, (adata.obs["sample"] == sample).to_numpy()
+        raise KeyError(f"No sample {sample!r} in `obs[{Key.obs.sample!r}]`; known samples: {samples}.")
+    return sample, (adata.obs[Key.obs.sample] == sample).to_numpy()
 
 
 def _abundances(adata: AnnData, keys: list[str], cell_types: list[str], mask: np.ndarray) -> list[pd.DataFrame]:
@@ -76,12 +77,12 @@ def spatial_abundance(
     sdata: SpatialData,
     cell_types: str | Sequence[str],
     *,
-    keys: Sequence[str] = ("abund", "pred_abund"),
+    keys: Sequence[str] = (Key.obsm.abund, Key.obsm.pred_abund),
     titles: Sequence[str] | None = None,
     sample: str | None = None,
     cmap: str = "viridis",
     max_image_px: int = 1500,
-    table_key: str = "table",
+    table_key: str = Key.tables.table,
     figsize: tuple[float, float] | None = None,
     save: str | Path | None = None,
 ) -> Figure:
@@ -148,7 +149,7 @@ def spatial_abundance(
     if info["image_key"] not in sdata.images:
         raise KeyError(f"The image {info['image_key']!r} of sample {sample!r} is not in `sdata.images`.")
 
-    centres = np.asarray(adata.obsm["spatial"], dtype=np.float64)[mask, :2]
+    centres = np.asarray(adata.obsm[Key.obsm.spatial], dtype=np.float64)[mask, :2]
     diameter = float(info["spot_diameter_px"])
     box = np.concatenate([centres.min(axis=0) - diameter, centres.max(axis=0) + diameter])
     pixels, extent = _image_crop(sdata.images[info["image_key"]], box, max_image_px)

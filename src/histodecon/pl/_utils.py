@@ -1,4 +1,4 @@
-"""Shared by the plots: finding results in a table and saving figures."""
+"""Shared by the plots: saving a figure."""
 
 from __future__ import annotations
 

@@ -6,28 +6,12 @@ import numpy as np
 import pandas as pd
 from spatialdata import SpatialData
 
+from histodecon._constants import Key
 from histodecon._docs import inject_docs
+from histodecon._glass import GLASS_THRESHOLD, MAX_GLASS_FRACTION, check_rule, glass_mask
 from histodecon._settings import logger
 from histodecon._utils import check_overwrite, get_table
 from histodecon.pp._patches import spot_patches
-
-#: Pixels brighter than this in all of R, G and B are glass (unstained slide background).
-GLASS_THRESHOLD = 220
-#: Spots whose patch is more than this fraction glass are background.
-MAX_GLASS_FRACTION = 0.5
-
-
-def glass_mask(image: np.ndarray, threshold: int = GLASS_THRESHOLD) -> np.ndarray:
-    """Boolean mask of glass pixels: all channels of an ``(..., 3)`` uint8 image above ``threshold``."""
-    return (image > threshold).all(axis=-1)
-
-
-def check_rule(glass_threshold: int, max_glass_fraction: float) -> None:
-    """Refuse thresholds outside their ranges."""
-    if not 0 <= glass_threshold < 255:
-        raise ValueError(f"`glass_threshold` must be an intensity in [0, 255), got {glass_threshold!r}.")
-    if not 0 <= max_glass_fraction <= 1:
-        raise ValueError(f"`max_glass_fraction` must be a fraction in [0, 1], got {max_glass_fraction!r}.")
 
 
 @inject_docs
@@ -38,7 +22,7 @@ def filter_background(
     max_glass_fraction: float = MAX_GLASS_FRACTION,
     size: int = 224,
     mpp: float | None = None,
-    table_key: str = "table",
+    table_key: str = Key.tables.table,
     inplace: bool = True,
     overwrite: bool = False,
 ) -> pd.DataFrame | None:
@@ -88,13 +72,13 @@ def filter_background(
     check_rule(glass_threshold, max_glass_fraction)
     adata = get_table(sdata, table_key)
     if inplace:
-        check_overwrite(adata.obs, "tissue_fraction", "adata.obs", overwrite, can_rename=False)
+        check_overwrite(adata.obs, Key.obs.tissue_fraction, "adata.obs", overwrite, can_rename=False)
     patches = spot_patches(sdata, size=size, mpp=mpp, table_key=table_key)
     glass = np.empty(len(patches))
     for index, batch in patches.batches(256):
         glass[index] = glass_mask(batch, glass_threshold).mean(axis=(1, 2))
     result = pd.DataFrame(
-        {"tissue_fraction": 1 - glass, "in_tissue": glass <= max_glass_fraction}, index=adata.obs_names
+        {Key.obs.tissue_fraction: 1 - glass, Key.obs.in_tissue: glass <= max_glass_fraction}, index=adata.obs_names
     )
     if not inplace:
         return result

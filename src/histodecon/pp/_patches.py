@@ -14,6 +14,7 @@ from PIL import Image
 from spatialdata import SpatialData
 from xarray import DataArray, DataTree
 
+from histodecon._constants import Key
 from histodecon._utils import (
     check_centres,
     check_spot_spacing,
@@ -143,11 +144,12 @@ class SpotPatches:
         if mpp is not None and not (np.isfinite(mpp) and mpp > 0):
             raise ValueError(f"`mpp` must be a positive number of micrometres per pixel or None, got {mpp!r}.")
         adata = get_table(sdata, table_key)
-        if "spatial" not in adata.obsm:
-            raise KeyError("The table has no `obsm['spatial']` spot centres. Read the slide with `hd.io`.")
-        centres = check_centres(adata.obsm["spatial"], adata.obs_names, "`obsm['spatial']`")
+        spatial = Key.obsm.spatial
+        if spatial not in adata.obsm:
+            raise KeyError(f"The table has no `obsm[{spatial!r}]` spot centres. Read the slide with `hd.io`.")
+        centres = check_centres(adata.obsm[spatial], adata.obs_names, f"`obsm[{spatial!r}]`")
         samples = samples_of(adata)
-        spot_samples = adata.obs["sample"].astype(str).to_numpy()
+        spot_samples = adata.obs[Key.obs.sample].astype(str).to_numpy()
 
         self.size = int(size)
         self.obs_names = pd.Index(adata.obs_names)
@@ -273,7 +275,7 @@ class SpotPatches:
 
 
 def spot_patches(
-    sdata: SpatialData, *, size: int = 224, mpp: float | None = None, table_key: str = "table"
+    sdata: SpatialData, *, size: int = 224, mpp: float | None = None, table_key: str = Key.tables.table
 ) -> SpotPatches:
     """Lazy, indexable patches of ``size`` x ``size`` RGB pixels centred on every spot.
 

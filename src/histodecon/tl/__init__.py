@@ -5,4 +5,5 @@ from ._deconvolve import deconvolve, reference_signatures
 from ._distributed import embed_many, predict_many
 from ._embed import embed
 from ._fit import fit, predict
+from ._hyperparameters import Hyperparameters
 from ._regressor import AbundanceRegressor

@@ -9,12 +9,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from histodecon._constants import Key
 from histodecon._settings import logger
-from histodecon._utils import encoder_names, get_table
+from histodecon._utils import Slide, as_slide_list, encoder_names
 from histodecon.metrics._scores import cc_score, l1_score
 
-from ._fit import Slide, _in_tissue, as_slide_list, training_data
-from ._regressor import AbundanceRegressor, check_hyperparameters
+from ._hyperparameters import Hyperparameters
+from ._regressor import AbundanceRegressor
+from ._spots import DEFAULT_GROUPBY, embedding_names, spot_table
 
 #: Fold name of the single train/test split of the cross-dataset mode.
 CROSS_DATASET_FOLD = "test"
@@ -59,37 +61,6 @@ def configurations(features: str | Sequence[str | Sequence[str]]) -> list[list[s
     return [encoder_names(f, "features") for f in features]
 
 
-@dataclass
-class _Spots:
-    """In-tissue spots of all slides of one configuration, stacked."""
-
-    x: np.ndarray
-    y: pd.DataFrame
-    groups: np.ndarray | None
-    samples: np.ndarray
-    spots: np.ndarray
-    dims: list[int]
-
-
-def _stack(
-    slides: list[Slide],
-    features: list[str],
-    target: str,
-    table_key: str,
-    groupby: str | None,
-    dims: list[int] | None = None,
-) -> _Spots:
-    x, y, groups, dims = training_data(slides, features, target, table_key, groupby, dims)
-    samples, spots = [], []
-    for i, slide in enumerate(slides):
-        adata = get_table(slide, table_key)
-        keep = _in_tissue(adata)
-        sample = adata.obs["sample"].astype(str).to_numpy() if "sample" in adata.obs else np.full(adata.n_obs, str(i))
-        samples.append(sample[keep])
-        spots.append(adata.obs_names.to_numpy()[keep])
-    return _Spots(x, y, groups, np.concatenate(samples), np.concatenate(spots), dims)
-
-
 def _score(
     configuration: str, fold: str, truth: pd.DataFrame, pred: np.ndarray, samples: np.ndarray
 ) -> tuple[list[pd.DataFrame], list[dict]]:
@@ -104,7 +75,7 @@ def _score(
                 {
                     "configuration": configuration,
                     "fold": fold,
-                    "sample": sample,
+                    Key.obs.sample: sample,
                     "cell_type": truth.columns,
                     "cc": per_type.to_numpy(),
                     "l1": l1,
@@ -115,7 +86,7 @@ def _score(
             {
                 "configuration": configuration,
                 "fold": fold,
-                "sample": sample,
+                Key.obs.sample: sample,
                 "cc": float(per_type.mean()),
                 "l1": l1,
                 "n_spots": int(mask.sum()),
@@ -127,12 +98,12 @@ def _score(
 def cross_validate(
     slides: Slide | Sequence[Slide] | None = None,
     *,
-    groupby: str | None = "patient",
-    features: str | Sequence[str | Sequence[str]] = ("conch", "uni"),
-    target: str = "abund",
+    groupby: str | None = DEFAULT_GROUPBY,
+    features: str | Sequence[str | Sequence[str]] | None = None,
+    target: str = Key.obsm.abund,
     train: Slide | Sequence[Slide] | None = None,
     test: Slide | Sequence[Slide] | None = None,
-    table_key: str = "table",
+    table_key: str = Key.tables.table,
     keep_predictions: bool = False,
     device: str | None = None,
     seed: int = 0,
@@ -140,9 +111,9 @@ def cross_validate(
 ) -> CVResult:
     """Evaluate the regressor on held-out slides, by leave-one-group-out or across datasets.
 
-    **Leave-one-group-out** (``slides``): for every value of ``obs[groupby]`` (a patient by
-    default; a group may span several slides, like the two sections of her2st patient C),
-    a model is trained on the in-tissue spots of all other groups and scored on that group,
+    **Leave-one-group-out** (``slides``): for every value of ``obs[groupby]`` (a sample by
+    default, as in :func:`fit`; a group may span several slides: pass ``groupby="patient"``
+    to hold out both sections of her2st patient C together), a model is trained on the in-tissue spots of all other groups and scored on that group,
     slide by slide. Early stopping validates on held-out groups of the training data (or
     random training spots when it has fewer than three groups), never on the test group.
     **Cross-dataset** (``train=`` and ``test=``): one model trained on ``train``, scored on
@@ -157,12 +128,14 @@ def cross_validate(
         Slides for leave-one-group-out (leave ``None`` in cross-dataset mode).
     groupby
         ``obs`` column whose values are the folds (leave-one-group-out); it also groups the
-        training spots for the early-stopping split. In cross-dataset mode, ``None`` holds
+        training spots for the early-stopping split. The default is that of :func:`fit`. In cross-dataset mode, ``None`` holds
         out random training spots for early stopping instead.
     features
         Feature configurations. A name (``"uni"``) or a flat list of names
         (``["conch", "uni"]``, concatenated) is one configuration; a list holding lists is
         several, e.g. ``["conch", "uni", ["conch", "uni"]]`` for the paper's ablation.
+        ``None``: one configuration, every encoder whose embeddings all (training) slides
+        have, sorted by name, as in :func:`fit`.
     target
         ``obsm`` key of the true abundances.
     train
@@ -178,7 +151,7 @@ def cross_validate(
     seed
         Seed of every model trained.
     **hyperparameters
-        Passed to :class:`AbundanceRegressor`.
+        Fields of :class:`Hyperparameters`, as in :func:`fit`.
 
     Returns
     -------
@@ -191,10 +164,10 @@ def cross_validate(
     >>> sections = [hd.datasets.her2st(s) for s in ("B4", "C2", "C3")]  # doctest: +SKIP
     >>> for sdata in sections:
     ...     hd.tl.embed(sdata, models=["handcrafted"])  # doctest: +SKIP
-    >>> cv = hd.tl.cross_validate(sections, features="handcrafted", target="proportions")  # doctest: +SKIP
+    >>> cv = hd.tl.cross_validate(sections, groupby="patient", target="proportions")  # doctest: +SKIP
     >>> cv.summary  # doctest: +SKIP
     """
-    check_hyperparameters(hyperparameters)
+    options = Hyperparameters.from_options(hyperparameters, seed=seed)
     cross_dataset = train is not None or test is not None
     if cross_dataset and (slides is not None or train is None or test is None):
         raise ValueError(
@@ -205,60 +178,54 @@ def cross_validate(
             "Leave-one-group-out needs `slides` and a `groupby=` obs column; "
             "or pass `train=` and `test=` slides for the cross-dataset mode."
         )
-    configs = configurations(features)
+    train_slides = as_slide_list(train, "train") if cross_dataset else as_slide_list(slides)
+    test_slides = as_slide_list(test, "test") if cross_dataset else None
+    configs = [embedding_names(train_slides, table_key)] if features is None else configurations(features)
     scores, summary, predictions = [], [], {}
     for names in configs:
         configuration = "+".join(names)
         if cross_dataset:
-            train_spots = _stack(as_slide_list(train, "train"), names, target, table_key, groupby)
-            test_spots = _stack(as_slide_list(test, "test"), names, target, table_key, None, train_spots.dims)
+            train_spots = spot_table(train_slides, names, target, table_key=table_key, groupby=groupby)
+            test_spots = spot_table(
+                test_slides, names, target, table_key=table_key, groupby=None, dims=train_spots.dims
+            )
             folds = [(CROSS_DATASET_FOLD, train_spots, test_spots)]
         else:
-            spots = _stack(as_slide_list(slides), names, target, table_key, groupby)
+            spots = spot_table(train_slides, names, target, table_key=table_key, groupby=groupby)
             values = pd.unique(spots.groups)
             if len(values) < 2:
                 raise ValueError(
                     f"Leave-one-group-out needs at least two values of `obs[{groupby!r}]`, found {list(values)}. "
-                    "Pass another `groupby=` (e.g. 'sample') or use `train=` / `test=`."
+                    "Pass `groupby=` an obs column with more values, or use `train=` / `test=`."
                 )
-            folds = [(str(v), *_split(spots, spots.groups == v)) for v in values]
+            folds = [(str(v), spots.subset(spots.groups != v), spots.subset(spots.groups == v)) for v in values]
         fold_predictions = []
         for fold, train_spots, test_spots in folds:
-            _check_cell_types(train_spots.y, test_spots.y, target)
-            model = AbundanceRegressor(seed=seed, device=device, **hyperparameters)
+            _check_cell_types(train_spots.target, test_spots.target, target)
+            model = AbundanceRegressor(hyperparameters=options, device=device)
             model.fit(
-                train_spots.x,
-                train_spots.y,
+                train_spots.features,
+                train_spots.target,
                 groups=train_spots.groups,
-                feature_dims=dict(zip(names, train_spots.dims, strict=True)),
+                feature_dims=train_spots.feature_dims,
             )
-            truth = test_spots.y[list(train_spots.y.columns)]
-            pred = model.predict(test_spots.x)
+            truth = test_spots.target[list(train_spots.target.columns)]
+            pred = model.predict(test_spots.features)
             rows, sums = _score(configuration, fold, truth, pred, test_spots.samples)
             scores += rows
             summary += sums
             for row in sums:
-                logger.info(f"{configuration}, fold {fold}, {row['sample']}: CC {row['cc']:.3f}, L1 {row['l1']:.3f}")
+                logger.info(
+                    f"{configuration}, fold {fold}, {row[Key.obs.sample]}: CC {row['cc']:.3f}, L1 {row['l1']:.3f}"
+                )
             if keep_predictions:
-                index = pd.MultiIndex.from_arrays([test_spots.samples, test_spots.spots], names=["sample", "spot"])
+                index = pd.MultiIndex.from_arrays(
+                    [test_spots.samples, test_spots.obs_names], names=[Key.obs.sample, "spot"]
+                )
                 fold_predictions.append(pd.DataFrame(pred, index=index, columns=truth.columns))
         if keep_predictions:
             predictions[configuration] = pd.concat(fold_predictions)
     return CVResult(pd.concat(scores, ignore_index=True), pd.DataFrame(summary), predictions)
-
-
-def _split(spots: _Spots, is_test: np.ndarray) -> tuple[_Spots, _Spots]:
-    def take(mask: np.ndarray) -> _Spots:
-        return _Spots(
-            spots.x[mask],
-            spots.y[mask].reset_index(drop=True),
-            spots.groups[mask] if spots.groups is not None else None,
-            spots.samples[mask],
-            spots.spots[mask],
-            spots.dims,
-        )
-
-    return take(~is_test), take(is_test)
 
 
 def _check_cell_types(train_y: pd.DataFrame, test_y: pd.DataFrame, target: str) -> None:

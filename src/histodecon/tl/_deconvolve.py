@@ -9,11 +9,11 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
+from histodecon._constants import Key
 from histodecon._docs import inject_docs
 from histodecon._settings import logger
-from histodecon._utils import check_overwrite, get_table, provenance, samples_of, write_result
+from histodecon._utils import Slide, as_slide_list, check_overwrite, get_table, provenance, samples_of, write_result
 
-from ._fit import Slide, as_slide_list
 from ._signatures import (
     count_matrix,
     final_elbo,
@@ -67,17 +67,17 @@ def _shared_genes(slide_genes: list[pd.Index], reference_genes: pd.Index) -> pd.
 
 
 def _spots(tables: list[AnnData], slide_counts: list[sparse.csr_matrix], genes: pd.Index) -> AnnData:
-    """The spots of all slides, one AnnData of counts over ``genes``, batch ``sample``."""
+    """The spots of all slides, one AnnData of counts over ``genes``, batch ``obs[Key.obs.sample]``."""
     blocks, samples = [], []
     for table, counts in zip(tables, slide_counts, strict=True):
         blocks.append(counts[:, table.var_names.get_indexer(genes)])
-        samples.append(table.obs["sample"].astype(str).to_numpy())
+        samples.append(table.obs[Key.obs.sample].astype(str).to_numpy())
     samples = np.concatenate(samples)
     n_spots = len(samples)
     return AnnData(
         X=sparse.vstack(blocks, format="csr"),
         obs=pd.DataFrame(
-            {"sample": pd.Categorical(samples, categories=pd.unique(samples))},
+            {Key.obs.sample: pd.Categorical(samples, categories=pd.unique(samples))},
             index=[f"spot{i}" for i in range(n_spots)],
         ),
         var=pd.DataFrame(index=genes),
@@ -99,9 +99,9 @@ def deconvolve(
     num_samples: int = 1000,
     seed: int = 0,
     device: str | None = None,
-    key_added: str = "abund",
+    key_added: str = Key.obsm.abund,
     overwrite: bool = False,
-    table_key: str = "table",
+    table_key: str = Key.tables.table,
 ) -> None:
     """Cell-type abundances of every spot from its counts, by cell2location.
 
@@ -216,7 +216,7 @@ def deconvolve(
         "num_samples": int(num_samples),
         "seed": int(seed),
         "n_genes": len(genes),
-        "samples": list(spots.obs["sample"].cat.categories),
+        "samples": list(spots.obs[Key.obs.sample].cat.categories),
         "cell_types": list(signatures.columns),
         "reference": reference_record,
         "versions": versions(),
@@ -227,7 +227,7 @@ def deconvolve(
         start += table.n_obs
         frame = pd.DataFrame(block, index=table.obs_names.copy(), columns=list(signatures.columns))
         write_result(table, "obsm", key_added, frame, overwrite=overwrite)
-        provenance(table).setdefault("deconvolve", {})[key_added] = dict(record)
+        provenance(table).setdefault(Key.uns.deconvolve, {})[key_added] = dict(record)
 
 
 def _train_spatial(
@@ -245,11 +245,11 @@ def _train_spatial(
     models = import_cell2location().models
     kwargs = train_kwargs(device)
     logger.info(
-        f"cell2location: {spots.n_obs} spots of {spots.obs['sample'].nunique()} sample(s), "
+        f"cell2location: {spots.n_obs} spots of {spots.obs[Key.obs.sample].nunique()} sample(s), "
         f"{spots.n_vars} genes, {signatures.shape[1]} cell types, {max_epochs} epochs."
     )
     with quiet_training(), seeded(seed, device):
-        models.Cell2location.setup_anndata(spots, batch_key="sample")
+        models.Cell2location.setup_anndata(spots, batch_key=Key.obs.sample)
         model = models.Cell2location(
             spots,
             cell_state_df=signatures,

@@ -1,44 +1,44 @@
-"""Embed and predict many slides, one task per slide, on a dask.distributed cluster or locally."""
+"""Embed and predict many slides, one task per slide, on a dask.distributed cluster or locally: the client side.
+
+The tasks themselves, and what a worker process keeps between them, are in
+:mod:`histodecon.tl._worker`.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import functools
 import os
 import re
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import dask
 import pandas as pd
 from anndata import AnnData
 from spatialdata import SpatialData
 from tqdm.auto import tqdm
 
 from histodecon import encoders
+from histodecon._constants import Key
 from histodecon._docs import inject_docs
 from histodecon._settings import logger, settings
-from histodecon._utils import check_overwrite, encoder_names, get_table, provenance, samples_of, write_result
-from histodecon.pp._patches import spot_patches
+from histodecon._utils import (
+    as_slide_list,
+    check_overwrite,
+    encoder_names,
+    get_table,
+    provenance,
+    samples_of,
+    write_result,
+)
 
-from ._embed import _as_slides, _checked_tables, _embed_slide, _weights_per_model
-from ._fit import as_slide_list, predict
+from ._embed_request import checked_tables, image_slides, weights_per_model
+from ._embed_writer import write_embedding
+from ._model_file import model_paths
 from ._regressor import AbundanceRegressor
-from ._regressor import _paths as model_files
+from ._worker import embed_task, predict_task
 
 if TYPE_CHECKING:
     from distributed import Client
-
-#: glibc's ``mallopt`` parameter for the mmap threshold (malloc.h), and its largest value on
-#: 64-bit systems (``DEFAULT_MMAP_THRESHOLD_MAX``).
-_M_MMAP_THRESHOLD = -3
-_MMAP_THRESHOLD = 32 * 2**20
-#: Models loaded in this process, reused by every slide a dask worker embeds or predicts.
-_WORKER_MODELS: dict[tuple, Any] = {}
-_WORKER_MODELS_LOCK = threading.Lock()
 
 
 @inject_docs
@@ -53,7 +53,7 @@ def embed_many(
     device: str | None = None,
     num_workers: int = 1,
     weights: Mapping[str, str | os.PathLike] | None = None,
-    table_key: str = "table",
+    table_key: str = Key.tables.table,
     overwrite: bool = False,
 ) -> None:
     """Embed many slides, one task per slide, on a dask cluster or one after another here.
@@ -101,7 +101,7 @@ def embed_many(
 
     Returns
     -------
-    ``None``. Writes ``obsm[f"X_{name}"]`` and ``uns['histodecon']['embeddings'][name]`` to
+    ``None``. Writes ``obsm["X_<name>"]`` and ``uns["histodecon"]["embeddings"][name]`` to
     every slide's table, as :func:`histodecon.tl.embed` does.
 
     Examples
@@ -115,11 +115,11 @@ def embed_many(
     >>> slides[0].tables["table"].obsm["X_handcrafted"].shape
     (50, 51)
     """
-    slides = _as_slides(slides)
+    slides = image_slides(slides, "slides")
     names = encoder_names(models, "models")
     entries = [encoders.get(name) for name in names]
-    weights = {name: os.fspath(path) for name, path in _weights_per_model(weights, names).items()}
-    tables = _checked_tables(
+    weights = {name: os.fspath(path) for name, path in weights_per_model(weights, names).items()}
+    tables = checked_tables(
         slides, names, batch_size=batch_size, num_workers=num_workers, table_key=table_key, overwrite=overwrite
     )
     paths = [Path(stores) / f"{slide_id}.zarr" for slide_id in _slide_ids(tables)]
@@ -134,10 +134,9 @@ def embed_many(
         "table_key": table_key,
     }
     arguments = [(slide, os.fspath(path)) for slide, path in zip(slides, paths, strict=True)]
-    for i, results in _run(_embed_task, arguments, options, client, resources, "embed"):
+    for i, results in _run(embed_task, arguments, options, client, resources, "embed"):
         for name, (embedding, record) in results.items():
-            write_result(tables[i], "obsm", f"X_{name}", embedding, overwrite=overwrite)
-            provenance(tables[i]).setdefault("embeddings", {})[name] = record | {"store": os.fspath(paths[i])}
+            write_embedding(tables[i], name, embedding, record | {"store": os.fspath(paths[i])}, overwrite=overwrite)
 
 
 @inject_docs
@@ -147,8 +146,8 @@ def predict_many(
     *,
     client: Client | None = None,
     resources: Mapping[str, float] | None = None,
-    table_key: str = "table",
-    key_added: str = "pred_abund",
+    table_key: str = Key.tables.table,
+    key_added: str = Key.obsm.pred_abund,
     overwrite: bool = False,
 ) -> None:
     """Predict cell-type abundances of many slides, one task per slide, like :func:`histodecon.tl.predict`.
@@ -176,7 +175,7 @@ def predict_many(
 
     Returns
     -------
-    ``None``. Writes ``obsm[key_added]`` and ``uns['histodecon']['predictions'][key_added]`` to
+    ``None``. Writes ``obsm[key_added]`` and ``uns["histodecon"]["predictions"][key_added]`` to
     every slide's table, as :func:`histodecon.tl.predict` does.
 
     Examples
@@ -195,7 +194,7 @@ def predict_many(
         model._check_fitted()
         features = model.feature_keys
     elif isinstance(model, str | os.PathLike):
-        _, sidecar = model_files(model)
+        _, sidecar = model_paths(model)
         if not sidecar.exists():
             raise FileNotFoundError(f"{sidecar} not found; pass a fitted model or the path given to `model.save`.")
         model = os.path.abspath(model)
@@ -212,9 +211,9 @@ def predict_many(
 
     arguments = [(_embeddings_only(table, features), model) for table in tables]
     options = {"key_added": key_added}
-    for i, (prediction, record) in _run(_predict_task, arguments, options, client, resources, "predict"):
+    for i, (prediction, record) in _run(predict_task, arguments, options, client, resources, "predict"):
         write_result(tables[i], "obsm", key_added, prediction, overwrite=overwrite)
-        provenance(tables[i]).setdefault("predictions", {})[key_added] = record
+        provenance(tables[i]).setdefault(Key.uns.predictions, {})[key_added] = record
 
 
 def _slide_ids(tables: Sequence[AnnData]) -> list[str]:
@@ -230,11 +229,11 @@ def _slide_ids(tables: Sequence[AnnData]) -> list[str]:
 
 
 def _embeddings_only(table: AnnData, features: Sequence[str] | None) -> AnnData:
-    """A table with the spot names and the ``X_*`` embeddings of ``table`` (those of ``features`` if known)."""
-    keys = [key for key in table.obsm if key.startswith("X_")]
+    """A table with the spot names and the embeddings of ``table`` (those of ``features`` if known)."""
+    keys = [key for key in table.obsm if key.startswith(Key.obsm.embedding_prefix)]
     if features is not None:
-        keys = [f"X_{name}" for name in features if f"X_{name}" in table.obsm]
-    obs = table.obs[["sample"]] if "sample" in table.obs else pd.DataFrame(index=table.obs_names)
+        keys = [Key.obsm.embedding(name) for name in features if Key.obsm.embedding(name) in table.obsm]
+    obs = table.obs[[Key.obs.sample]] if Key.obs.sample in table.obs else pd.DataFrame(index=table.obs_names)
     return AnnData(obs=obs.copy(), obsm={key: table.obsm[key] for key in keys})
 
 
@@ -292,107 +291,3 @@ def _gathered(client: Client, task: Callable, arguments: Sequence[tuple], option
             outcome = False, error
         future.release()
         yield futures[future], outcome
-
-
-def _embed_task(
-    slide: SpatialData,
-    store: str,
-    *,
-    entries: Sequence[encoders.Encoder],
-    weights: Mapping[str, str],
-    device: str | None,
-    batch_size: int,
-    num_workers: int,
-    table_key: str,
-    models: dict | None = None,
-) -> dict[str, tuple]:
-    """Embeddings and provenance of one slide per model, saved batch by batch to ``store``."""
-    models = _WORKER_MODELS if models is None else models
-    torch_device = settings.torch_device(device)
-    results = {}
-    with _worker_settings():
-        for entry in entries:
-            encoder = _cached(
-                models,
-                ("encoder", entry.name, weights.get(entry.name), str(torch_device)),
-                lambda entry=entry: _load_encoder(entry, weights.get(entry.name), torch_device),
-            )
-            patches = spot_patches(slide, size=entry.patch_size, mpp=entry.mpp, table_key=table_key)
-            results[entry.name] = _embed_slide(encoder, torch_device, patches, batch_size, num_workers, store)
-    return results
-
-
-def _predict_task(
-    table: AnnData, model: AbundanceRegressor | str, *, key_added: str, models: dict | None = None
-) -> tuple[pd.DataFrame, dict]:
-    """Predictions of one slide's table and their provenance record."""
-    if not isinstance(model, AbundanceRegressor):
-        models = _WORKER_MODELS if models is None else models
-        stamp = os.stat(model_files(model)[0]).st_mtime_ns
-        model = _cached(models, ("regressor", model, stamp), lambda: AbundanceRegressor.load(model))
-    predict(table, model, key_added=key_added)
-    return table.obsm[key_added], provenance(table)["predictions"][key_added]
-
-
-def _load_encoder(entry: encoders.Encoder, weights: str | None, device: Any) -> encoders.PatchEncoder:
-    """Load ``entry``, first registering it where this process does not know it (a fresh worker)."""
-    try:
-        known = encoders.get(entry.name)
-    except KeyError:
-        known = None
-    if known != entry:
-        encoders.register(entry, overwrite=True)
-    return encoders.load(entry.name, weights=weights, device=device)
-
-
-def _cached(models: dict, key: tuple, load: Callable[[], Any]) -> Any:
-    """``models[key]``, loaded once even when several threads of a worker ask at the same time."""
-    with _WORKER_MODELS_LOCK:
-        if key not in models:
-            models[key] = load()
-        return models[key]
-
-
-@contextlib.contextmanager
-def _worker_settings() -> Iterator[None]:
-    """Inside a dask worker: no per-batch progress bars, and image chunks read by local threads.
-
-    The client shows one bar over slides. Without the threaded scheduler, the chunk reads of
-    :func:`histodecon.pp.spot_patches` would go back to the cluster as tasks of their own.
-    """
-    try:
-        from distributed import get_worker
-
-        get_worker()
-    except (ImportError, ValueError):
-        yield
-        return
-    _raise_mmap_threshold()
-    shown, settings.progress = settings.progress, False
-    try:
-        with dask.config.set(scheduler="threads"):
-            yield
-    finally:
-        settings.progress = shown
-
-
-@functools.cache
-def _raise_mmap_threshold() -> None:
-    """Let a dask worker serve torch's batch-sized buffers from the heap instead of fresh mmaps.
-
-    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536`` so that they give memory
-    back to the system. Setting it also freezes glibc's mmap threshold at 128 KiB, so every
-    tensor of a batch is mapped, zero-filled page by page, and unmapped again: a worker embedded
-    half as many slides per minute with the weights-free encoder (``benchmarks/scale.py``). Raising
-    the mmap threshold to 32 MiB, once per worker process, restores the speed and leaves the
-    trimming of freed memory to dask's setting. Skipped where the threshold was set explicitly,
-    where the trim setting is absent, or without glibc.
-    """
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" not in os.environ:
-        return
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return
-    if mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD):
-        logger.debug(f"Raised this worker's malloc mmap threshold to {_MMAP_THRESHOLD} bytes.")

@@ -1,79 +1,29 @@
-"""AbundanceRegressor: an MLP from spot embeddings to cell-type abundances, its training and its files."""
+"""AbundanceRegressor: the estimator that trains the network (early stopping) and predicts with it."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load as load_tensors
-from safetensors.torch import save as save_tensors
-from torch import nn
 from tqdm.auto import tqdm
 
 from histodecon._settings import logger, settings
+from histodecon._utils import check_finite_matrix
 from histodecon.metrics._scores import cc_score, l1_score
 
-#: Widths of the six hidden layers: with the output layer, the paper's 7 linear layers.
-DEFAULT_HIDDEN = (256, 256, 128, 128, 64, 64)
-FORMAT = "histodecon.AbundanceRegressor"
-FORMAT_VERSION = 1
-#: Added under the square root of the Pearson denominator so that a constant prediction has a gradient.
-_PEARSON_EPS = 1e-8
+from ._hyperparameters import Hyperparameters
+from ._model_file import read_model_file, write_model_file
+from ._network import AbundanceNetwork, training_loss
+
 _PREDICT_CHUNK = 8192
-
-
-class _Network(nn.Module):
-    """Standardise inputs, run the MLP, return non-negative abundances in the targets' units.
-
-    ``x_mean`` / ``x_scale`` standardise the features, ``y_scale`` maps the network's output
-    (targets divided by their training standard deviation) back to abundances. They are
-    buffers, so they travel with the weights in one state dict.
-    """
-
-    def __init__(self, n_features: int, hidden: Sequence[int], n_outputs: int) -> None:
-        super().__init__()
-        widths = [n_features, *hidden]
-        layers: list[nn.Module] = []
-        for width_in, width_out in zip(widths[:-1], widths[1:], strict=True):
-            layers += [nn.Linear(width_in, width_out), nn.SiLU()]
-        layers.append(nn.Linear(widths[-1], n_outputs))
-        self.layers = nn.Sequential(*layers)
-        self.register_buffer("x_mean", torch.zeros(n_features))
-        self.register_buffer("x_scale", torch.ones(n_features))
-        self.register_buffer("y_scale", torch.ones(n_outputs))
-
-    def forward_scaled(self, x_standardised: torch.Tensor) -> torch.Tensor:
-        """Scaled abundances from standardised features (what training sees)."""
-        return nn.functional.softplus(self.layers(x_standardised))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Abundances from raw features."""
-        return self.forward_scaled((x - self.x_mean) / self.x_scale) * self.y_scale
-
-
-def loss_terms(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The three terms of the training loss over a batch: MSE, MAE and ``1 - Pearson``.
-
-    Pearson is computed per cell type (column) over the spots of the batch and averaged over
-    the cell types whose target varies in the batch; when none does, the term is 0.
-    """
-    mse = torch.mean((pred - target) ** 2)
-    mae = torch.mean(torch.abs(pred - target))
-    pred_c = pred - pred.mean(dim=0)
-    target_c = target - target.mean(dim=0)
-    target_ss = (target_c**2).sum(dim=0)
-    corr = (pred_c * target_c).sum(dim=0) / torch.sqrt((pred_c**2).sum(dim=0) * target_ss + _PEARSON_EPS)
-    varies = target_ss > 0
-    pearson_loss = (1 - corr[varies]).mean() if bool(varies.any()) else pred.new_zeros(())
-    return mse, mae, pearson_loss
+_HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss"]
 
 
 def _validation_split(
@@ -96,16 +46,8 @@ def _validation_split(
     return np.sort(order[n_val:]), np.sort(order[:n_val]), "spots"
 
 
-def _check_matrix(values: np.ndarray, name: str) -> np.ndarray:
-    matrix = np.asarray(values, dtype=np.float32)
-    if matrix.ndim != 2:
-        raise ValueError(f"`{name}` must be 2-D (spots x columns), got shape {matrix.shape}.")
-    bad = ~np.isfinite(matrix).all(axis=1)
-    if bad.any():
-        raise ValueError(
-            f"`{name}` has NaN or infinite values in {int(bad.sum())} of {len(matrix)} rows; drop those spots first."
-        )
-    return matrix
+def _matrix(values: Any, name: str) -> np.ndarray:
+    return check_finite_matrix(values, f"`{name}`", rows=f"of {len(values)} rows", fix="Drop those spots first.")
 
 
 class AbundanceRegressor:
@@ -122,7 +64,7 @@ class AbundanceRegressor:
     Training: features are standardised with the training mean and standard deviation
     (features constant in training get scale 1); targets are divided by their per-type
     training standard deviation so that every cell type weighs alike. The loss over a batch
-    is ``MSE + l1 * MAE + l2 * (1 - Pearson)`` (:func:`loss_terms`); on unit-variance targets
+    is ``MSE + mae_weight * MAE + pearson_weight * (1 - Pearson)``; on unit-variance targets
     the three terms start at similar size, hence the equal default weights. AdamW on
     shuffled minibatches; after every epoch the loss on a validation split of the training
     data is computed, and training stops when it has not improved for ``patience`` epochs,
@@ -132,31 +74,20 @@ class AbundanceRegressor:
 
     Parameters
     ----------
-    hidden
-        Widths of the hidden layers.
-    l1
-        Weight of the mean absolute error in the loss.
-    l2
-        Weight of ``1 - Pearson`` (per cell type, over the batch) in the loss.
-    lr
-        AdamW learning rate.
-    weight_decay
-        AdamW weight decay.
-    batch_size
-        Spots per minibatch.
-    max_epochs
-        Upper bound on training epochs.
-    patience
-        Epochs without improvement of the validation loss before training stops.
-    validation_fraction
-        Fraction of the training groups (or spots) held out for early stopping.
-    seed
-        Seed of the initialisation, the split and the minibatch order.
+    hyperparameters
+        A :class:`Hyperparameters`; ``None`` takes the defaults.
     device
         Torch device; ``None`` uses :attr:`histodecon.settings.device`.
+    **options
+        Fields of :class:`Hyperparameters` to set (``hidden``, ``mae_weight``, ``lr``,
+        ``seed``, ...), replacing those of ``hyperparameters``. ``l1`` and ``l2``, the former
+        names of ``mae_weight`` and ``pearson_weight``, still work with a
+        :class:`FutureWarning`.
 
     Attributes
     ----------
+    hyperparameters
+        The :class:`Hyperparameters` in use.
     feature_keys
         Names of the feature blocks, in input order (e.g. ``["conch", "uni"]``).
     feature_dims
@@ -185,49 +116,15 @@ class AbundanceRegressor:
     """
 
     def __init__(
-        self,
-        *,
-        hidden: Sequence[int] = DEFAULT_HIDDEN,
-        l1: float = 1.0,
-        l2: float = 1.0,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-2,
-        batch_size: int = 256,
-        max_epochs: int = 200,
-        patience: int = 10,
-        validation_fraction: float = 0.1,
-        seed: int = 0,
-        device: str | None = None,
+        self, *, hyperparameters: Hyperparameters | None = None, device: str | None = None, **options: Any
     ) -> None:
-        hidden = tuple(hidden)
-        if not hidden or not all(isinstance(w, int | np.integer) and w > 0 for w in hidden):
-            raise ValueError(f"`hidden` must be a non-empty sequence of positive layer widths, got {hidden!r}.")
-        for name, value in {"l1": l1, "l2": l2, "weight_decay": weight_decay}.items():
-            if not value >= 0:
-                raise ValueError(f"`{name}` must be >= 0, got {value!r}.")
-        for name, value in {"lr": lr, "batch_size": batch_size, "max_epochs": max_epochs, "patience": patience}.items():
-            if not value > 0:
-                raise ValueError(f"`{name}` must be > 0, got {value!r}.")
-        if not 0 < validation_fraction < 1:
-            raise ValueError(f"`validation_fraction` must be in (0, 1), got {validation_fraction!r}.")
-        self.hyperparameters = {
-            "hidden": [int(w) for w in hidden],
-            "l1": float(l1),
-            "l2": float(l2),
-            "lr": float(lr),
-            "weight_decay": float(weight_decay),
-            "batch_size": int(batch_size),
-            "max_epochs": int(max_epochs),
-            "patience": int(patience),
-            "validation_fraction": float(validation_fraction),
-            "seed": int(seed),
-        }
+        self.hyperparameters = Hyperparameters.from_options(options, base=hyperparameters)
         self.device = device
-        self.network: _Network | None = None
+        self.network: AbundanceNetwork | None = None
         self.feature_keys: list[str] = []
         self.feature_dims: list[int] = []
         self.cell_types: list[str] = []
-        self.history = pd.DataFrame(columns=["epoch", "train_loss", "val_loss"])
+        self.history = pd.DataFrame(columns=_HISTORY_COLUMNS)
         self.best_epoch: int | None = None
         self.validation_scores: dict[str, float] = {}
         self.provenance: dict = {}
@@ -238,7 +135,7 @@ class AbundanceRegressor:
             if self.network is not None
             else "unfitted"
         )
-        return f"AbundanceRegressor({state}, hidden={tuple(self.hyperparameters['hidden'])})"
+        return f"AbundanceRegressor({state}, hidden={self.hyperparameters.hidden})"
 
     # ----------------------------------------------------------------------------- training
     def fit(
@@ -280,8 +177,8 @@ class AbundanceRegressor:
         >>> model.provenance["validation_split"]
         'groups'
         """
-        x = _check_matrix(X, "X")
-        y = _check_matrix(Y, "Y")
+        x = _matrix(X, "X")
+        y = _matrix(Y, "Y")
         if len(x) != len(y):
             raise ValueError(f"`X` has {len(x)} spots but `Y` has {len(y)}; pass one target row per feature row.")
         if (y < 0).any():
@@ -302,17 +199,12 @@ class AbundanceRegressor:
             raise ValueError(f"`Y` has duplicate cell-type columns: {cell_types}.")
 
         hp = self.hyperparameters
-        rng = np.random.default_rng(hp["seed"])
-        train_idx, val_idx, split = _validation_split(len(x), groups, hp["validation_fraction"], rng)
+        rng = np.random.default_rng(hp.seed)
+        train_idx, val_idx, split = _validation_split(len(x), groups, hp.validation_fraction, rng)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(hp["seed"])
-            network = _Network(x.shape[1], hp["hidden"], y.shape[1])
-        x_std = x[train_idx].std(axis=0)
-        y_std = y[train_idx].std(axis=0)
-        network.x_mean.copy_(torch.from_numpy(x[train_idx].mean(axis=0)))
-        network.x_scale.copy_(torch.from_numpy(np.where(x_std > 0, x_std, 1.0).astype(np.float32)))
-        network.y_scale.copy_(torch.from_numpy(np.where(y_std > 0, y_std, 1.0).astype(np.float32)))
-
+            torch.manual_seed(hp.seed)
+            network = AbundanceNetwork(x.shape[1], hp.hidden, y.shape[1])
+        network.set_scaler(x[train_idx], y[train_idx])
         device = settings.torch_device(self.device)
         network = network.to(device)
         x_all = (torch.from_numpy(x).to(device) - network.x_mean) / network.x_scale
@@ -330,7 +222,7 @@ class AbundanceRegressor:
         self.network = network
         self.feature_keys, self.feature_dims = list(feature_dims), [int(d) for d in feature_dims.values()]
         self.cell_types = cell_types
-        self.history = pd.DataFrame(history, columns=["epoch", "train_loss", "val_loss"])
+        self.history = pd.DataFrame(history, columns=_HISTORY_COLUMNS)
         self.best_epoch = best_epoch
         val_pred = self.predict(x[val_idx])
         self.validation_scores = {
@@ -341,8 +233,8 @@ class AbundanceRegressor:
         self.provenance = {
             "epochs": len(history),
             "best_epoch": best_epoch,
-            "seed": hp["seed"],
-            "loss_weights": {"mse": 1.0, "l1": hp["l1"], "l2": hp["l2"]},
+            "seed": hp.seed,
+            "loss_weights": {"mse": 1.0, "mae": hp.mae_weight, "pearson": hp.pearson_weight},
             "validation_split": split,
             "n_training_spots": len(train_idx),
             "n_validation_spots": len(val_idx),
@@ -358,7 +250,7 @@ class AbundanceRegressor:
 
     def _train(
         self,
-        network: _Network,
+        network: AbundanceNetwork,
         x_train: torch.Tensor,
         y_train: torch.Tensor,
         x_val: torch.Tensor,
@@ -366,12 +258,12 @@ class AbundanceRegressor:
     ) -> tuple[list[tuple[int, float, float]], dict, float, int]:
         """The training loop: tensors stay on the device, minibatches are slices of a permutation."""
         hp = self.hyperparameters
-        optimizer = torch.optim.AdamW(network.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
-        generator = torch.Generator().manual_seed(hp["seed"])
-        n, batch_size = len(x_train), hp["batch_size"]
+        optimizer = torch.optim.AdamW(network.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        generator = torch.Generator().manual_seed(hp.seed)
+        n, batch_size = len(x_train), hp.batch_size
         history: list[tuple[int, float, float]] = []
         best_state, best_loss, best_epoch = None, math.inf, 0
-        epochs = tqdm(range(1, hp["max_epochs"] + 1), desc="training", leave=False, disable=not settings.progress)
+        epochs = tqdm(range(1, hp.max_epochs + 1), desc="training", leave=False, disable=not settings.progress)
         for epoch in epochs:
             network.train()
             order = torch.randperm(n, generator=generator).to(x_train.device)
@@ -391,16 +283,16 @@ class AbundanceRegressor:
             if val_loss < best_loss:
                 best_loss, best_epoch = val_loss, epoch
                 best_state = {name: value.detach().clone() for name, value in network.state_dict().items()}
-            elif epoch - best_epoch >= hp["patience"]:
+            elif epoch - best_epoch >= hp.patience:
                 break
         return history, best_state, best_loss, best_epoch
 
     def _loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        mse, mae, pearson_loss = loss_terms(pred, target)
-        return mse + self.hyperparameters["l1"] * mae + self.hyperparameters["l2"] * pearson_loss
+        hp = self.hyperparameters
+        return training_loss(pred, target, mae_weight=hp.mae_weight, pearson_weight=hp.pearson_weight)
 
     # ---------------------------------------------------------------------------- inference
-    def _check_fitted(self) -> _Network:
+    def _check_fitted(self) -> AbundanceNetwork:
         if self.network is None:
             raise RuntimeError("This AbundanceRegressor is not fitted: call `fit` or `AbundanceRegressor.load` first.")
         return self.network
@@ -429,20 +321,13 @@ class AbundanceRegressor:
         True
         """
         network = self._check_fitted()
-        x = _check_matrix(X, "X")
+        x = _matrix(X, "X")
         if x.shape[1] != sum(self.feature_dims):
             raise ValueError(
                 f"`X` has {x.shape[1]} features but the model was trained on {sum(self.feature_dims)} "
                 f"({dict(zip(self.feature_keys, self.feature_dims, strict=True))})."
             )
-        device = settings.torch_device(self.device)
-        network = network.to(device)
-        out = np.empty((len(x), len(self.cell_types)), dtype=np.float32)
-        with torch.no_grad():
-            for start in range(0, len(x), batch_size):
-                chunk = torch.from_numpy(x[start : start + batch_size]).to(device)
-                out[start : start + batch_size] = network(chunk).cpu().numpy()
-        return out
+        return network.predict(x, device=settings.torch_device(self.device), batch_size=batch_size)
 
     # ---------------------------------------------------------------------------- save/load
     def save(self, path: str | Path, *, overwrite: bool = False) -> None:
@@ -465,35 +350,16 @@ class AbundanceRegressor:
         >>> model.save("her2st_model")  # doctest: +SKIP
         >>> model = hd.tl.AbundanceRegressor.load("her2st_model")  # doctest: +SKIP
         """
-        network = self._check_fitted()
-        tensor_path, json_path = _paths(path)
-        for existing in (tensor_path, json_path):
-            if existing.exists() and not overwrite:
-                raise FileExistsError(f"{existing} exists; pass `overwrite=True` to replace it.")
-        blob = save_tensors({name: t.detach().cpu().contiguous() for name, t in network.state_dict().items()})
-        sidecar = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "architecture": {
-                "n_features": sum(self.feature_dims),
-                "hidden": self.hyperparameters["hidden"],
-                "n_outputs": len(self.cell_types),
-                "activation": "SiLU",
-                "output": "softplus",
-            },
+        record = {
             "features": [{"key": k, "dim": d} for k, d in zip(self.feature_keys, self.feature_dims, strict=True)],
             "cell_types": self.cell_types,
-            "hyperparameters": self.hyperparameters,
+            "hyperparameters": self.hyperparameters.to_record(),
             "provenance": self.provenance,
             "history": self.history.to_dict(orient="list"),
             "best_epoch": self.best_epoch,
             "validation_scores": self.validation_scores,
-            "tensors": {"file": tensor_path.name, "sha256": hashlib.sha256(blob).hexdigest()},
         }
-        sidecar["record_sha256"] = _record_checksum(sidecar)
-        tensor_path.write_bytes(blob)
-        json_path.write_text(json.dumps(sidecar, indent=2))
-        logger.info(f"Saved model to {tensor_path} and {json_path}")
+        write_model_file(path, self._check_fitted(), record, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | None = None) -> AbundanceRegressor:
@@ -503,7 +369,8 @@ class AbundanceRegressor:
         edited after saving (its checksum differs), missing or inconsistent fields, a tensor
         file whose SHA-256 differs from the recorded one (modified or truncated), tensors whose
         names or shapes do not match the architecture, non-finite weights or a scaler with
-        scales that are not positive.
+        scales that are not positive. Files of earlier versions, whose loss weights are named
+        ``l1`` / ``l2``, are read.
 
         Parameters
         ----------
@@ -516,160 +383,14 @@ class AbundanceRegressor:
         --------
         >>> model = hd.tl.AbundanceRegressor.load("her2st_model")  # doctest: +SKIP
         """
-        tensor_path, json_path = _paths(path)
-        for needed in (json_path, tensor_path):
-            if not needed.exists():
-                raise FileNotFoundError(
-                    f"{needed} not found; a saved model is a .safetensors file and a .json file of the same name."
-                )
-        sidecar = _read_sidecar(json_path)
-        blob = tensor_path.read_bytes()
-        if hashlib.sha256(blob).hexdigest() != sidecar["tensors"]["sha256"]:
-            raise ValueError(
-                f"{tensor_path} does not match the checksum recorded in {json_path}: it was modified or "
-                "truncated after saving. Use an intact copy or save the model again."
-            )
-        arch = sidecar["architecture"]
-        network = _Network(arch["n_features"], arch["hidden"], arch["n_outputs"])
-        tensors = load_tensors(blob)
-        expected = {name: tuple(t.shape) for name, t in network.state_dict().items()}
-        found = {name: tuple(t.shape) for name, t in tensors.items()}
-        if found != expected:
-            raise ValueError(
-                f"{tensor_path} does not hold the tensors of the recorded architecture {arch}: "
-                f"expected {expected}, found {found}."
-            )
-        _check_tensor_values(tensors, tensor_path)
-        network.load_state_dict(tensors)
-        network.eval()
-        hp = sidecar["hyperparameters"]
-        model = cls(**hp, device=device)
+        sidecar, network = read_model_file(path)
+        model = cls(hyperparameters=Hyperparameters.from_record(sidecar["hyperparameters"]), device=device)
         model.network = network
         model.feature_keys = [f["key"] for f in sidecar["features"]]
         model.feature_dims = [int(f["dim"]) for f in sidecar["features"]]
         model.cell_types = list(sidecar["cell_types"])
-        model.history = pd.DataFrame(sidecar["history"], columns=["epoch", "train_loss", "val_loss"])
+        model.history = pd.DataFrame(sidecar["history"], columns=_HISTORY_COLUMNS)
         model.best_epoch = sidecar["best_epoch"]
         model.validation_scores = sidecar["validation_scores"]
         model.provenance = sidecar["provenance"]
         return model
-
-
-def _paths(path: str | Path) -> tuple[Path, Path]:
-    """The tensor and JSON files of a saved model."""
-    path = Path(path)
-    stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
-    return Path(f"{stem}.safetensors"), Path(f"{stem}.json")
-
-
-_HYPERPARAMETERS = {
-    "hidden",
-    "l1",
-    "l2",
-    "lr",
-    "weight_decay",
-    "batch_size",
-    "max_epochs",
-    "patience",
-    "validation_fraction",
-    "seed",
-}
-
-
-def check_hyperparameters(hyperparameters: dict) -> None:
-    """Refuse options :class:`AbundanceRegressor` does not know, listing those it does."""
-    unknown = set(hyperparameters) - (_HYPERPARAMETERS - {"seed"})
-    if unknown:
-        raise TypeError(
-            f"Unknown hyperparameters {sorted(unknown)}; valid: {sorted(_HYPERPARAMETERS - {'seed'})} "
-            "(the seed is the `seed=` argument)."
-        )
-
-
-_SCHEMA = {
-    "record_sha256": str,
-    "format": str,
-    "version": int,
-    "architecture": dict,
-    "features": list,
-    "cell_types": list,
-    "hyperparameters": dict,
-    "provenance": dict,
-    "history": dict,
-    "best_epoch": int,
-    "validation_scores": dict,
-    "tensors": dict,
-}
-
-
-def _read_sidecar(json_path: Path) -> dict:
-    """The JSON record of a saved model, checked for format, version and consistency."""
-    try:
-        sidecar = json.loads(json_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{json_path} is not valid JSON ({error}); it is not a saved histodecon model.") from error
-    if not isinstance(sidecar, dict) or sidecar.get("format") != FORMAT:
-        raise ValueError(f"{json_path} is not a saved AbundanceRegressor (no `format: {FORMAT}`).")
-    if sidecar.get("version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{json_path} has format version {sidecar.get('version')!r}; this histodecon reads version "
-            f"{FORMAT_VERSION}. Load it with the histodecon release that saved it."
-        )
-    for key, kind in _SCHEMA.items():
-        if not isinstance(sidecar.get(key), kind):
-            raise ValueError(f"{json_path}: field `{key}` is missing or not a {kind.__name__}.")
-    if _record_checksum(sidecar) != sidecar["record_sha256"]:
-        raise ValueError(
-            f"{json_path} was edited after saving (its checksum `record_sha256` does not match its content). "
-            "Use an intact copy, or load the original and save it again."
-        )
-    arch, features, cell_types = sidecar["architecture"], sidecar["features"], sidecar["cell_types"]
-    if not all(isinstance(arch.get(k), int) for k in ("n_features", "n_outputs")) or not isinstance(
-        arch.get("hidden"), list
-    ):
-        raise ValueError(f"{json_path}: `architecture` needs integer `n_features`, `n_outputs` and a `hidden` list.")
-    if set(sidecar["hyperparameters"]) != _HYPERPARAMETERS:
-        raise ValueError(
-            f"{json_path}: `hyperparameters` must have exactly the keys {sorted(_HYPERPARAMETERS)}, "
-            f"got {sorted(sidecar['hyperparameters'])}."
-        )
-    if (arch.get("activation"), arch.get("output")) != ("SiLU", "softplus"):
-        raise ValueError(
-            f"{json_path}: `architecture` must have activation 'SiLU' and output 'softplus', "
-            f"got {arch.get('activation')!r} and {arch.get('output')!r}."
-        )
-    if arch["hidden"] != sidecar["hyperparameters"]["hidden"]:
-        raise ValueError(f"{json_path}: `architecture.hidden` and `hyperparameters.hidden` disagree.")
-    if not all(
-        isinstance(f, dict) and isinstance(f.get("key"), str) and isinstance(f.get("dim"), int) for f in features
-    ):
-        raise ValueError(f"{json_path}: every entry of `features` needs a string `key` and an integer `dim`.")
-    keys = [f["key"] for f in features]
-    if len(set(keys)) != len(keys) or sum(f["dim"] for f in features) != arch["n_features"]:
-        raise ValueError(
-            f"{json_path}: feature keys {keys} must be unique and their dims must add up to "
-            f"`architecture.n_features` ({arch['n_features']})."
-        )
-    if len(cell_types) != arch["n_outputs"] or len(set(cell_types)) != len(cell_types):
-        raise ValueError(
-            f"{json_path}: {len(cell_types)} cell types recorded for {arch['n_outputs']} outputs, or duplicates."
-        )
-    if not isinstance(sidecar["tensors"].get("sha256"), str):
-        raise ValueError(f"{json_path}: `tensors.sha256` (the checksum of the tensor file) is missing.")
-    return sidecar
-
-
-def _record_checksum(sidecar: dict) -> str:
-    """SHA-256 of a model's JSON record without its own checksum, in a canonical serialisation."""
-    content = {key: value for key, value in sidecar.items() if key != "record_sha256"}
-    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def _check_tensor_values(tensors: Mapping[str, torch.Tensor], tensor_path: Path) -> None:
-    """Refuse non-finite weights and a scaler whose scales are not positive."""
-    not_finite = sorted(name for name, t in tensors.items() if not bool(torch.isfinite(t).all()))
-    if not_finite:
-        raise ValueError(f"{tensor_path} has NaN or infinite values in {not_finite}; the model cannot predict.")
-    for name in ("x_scale", "y_scale"):
-        if not bool((tensors[name] > 0).all()):
-            raise ValueError(f"{tensor_path}: the scaler `{name}` has values <= 0; scales must be positive.")

@@ -1,7 +1,7 @@
 """Where things are on a synthetic slide: the spot grid, the tissue outline and smooth cell-type domains.
 
 Everything is laid out in micrometres on a coarse grid of :data:`FIELD_UM` cells; the painter
-(:mod:`._tissue`) and the spot abundances read the same fields, so the image and the truth agree.
+(:mod:`._painting`) and the spot abundances read the same fields, so the image and the truth agree.
 """
 
 from __future__ import annotations

@@ -1,28 +1,19 @@
-"""Procedurally generated H&E-like slides whose spot abundances are known and drive the image."""
+"""A procedurally generated slide: layout, painted image, truth and counts assembled into a SpatialData."""
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 import pandas as pd
-from anndata import AnnData
 from scipy import sparse
 from spatialdata import SpatialData
 
-from histodecon._utils import UNS_KEY
+from histodecon._constants import Key
+from histodecon._utils import check_count
 from histodecon.io._build import build_sdata
 
-from ._expression import GENE_NAMES, cell_counts, spot_counts
+from ._expression import GENE_NAMES, spot_counts
 from ._layout import CELL_TYPES, PITCH_UM, make_layout, spot_abundance
-from ._tissue import paint
-
-
-def _check_count(value: object, name: str, minimum: int) -> None:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-        raise TypeError(f"`{name}` must be an integer, got {type(value).__name__}; pass e.g. `{name}=100`.")
-    if value < minimum:
-        raise ValueError(f"`{name}` must be at least {minimum}, got {value}.")
+from ._painting import paint
 
 
 def synthetic(
@@ -93,8 +84,8 @@ def synthetic(
     >>> sdata.tables["table"].obsm["abund"].columns.tolist()
     ['tumour', 'lymphocyte', 'fibroblast', 'adipocyte', 'endothelial']
     """
-    _check_count(n_spots, "n_spots", 1)
-    _check_count(seed, "seed", 0)
+    check_count(n_spots, "n_spots", 1)
+    check_count(seed, "seed", 0)
     if not isinstance(sample, str) or not sample:
         raise ValueError(f"`sample` must be a non-empty string, got {sample!r}.")
     if not np.isfinite(mpp) or mpp <= 0:
@@ -109,7 +100,11 @@ def synthetic(
     abund, tissue_share = spot_abundance(layout, spot_diameter_um / 2)
     spot_ids = pd.Index([f"spot{i:05d}" for i in range(n_spots)])
     obs = pd.DataFrame(
-        {"array_row": layout.array_row, "array_col": layout.array_col, "in_tissue": tissue_share >= 0.5},
+        {
+            Key.obs.array_row: layout.array_row,
+            Key.obs.array_col: layout.array_col,
+            Key.obs.in_tissue: tissue_share >= 0.5,
+        },
         index=spot_ids,
     )
     sdata = build_sdata(
@@ -123,45 +118,7 @@ def synthetic(
         var_names=list(GENE_NAMES) if counts else None,
         obs=obs,
     )
-    table = sdata.tables["table"]
-    table.obsm["abund"] = pd.DataFrame(abund, index=table.obs_names, columns=list(CELL_TYPES))
-    table.uns[UNS_KEY]["synthetic"] = {"seed": int(seed), "pitch_um": PITCH_UM}
+    table = sdata.tables[Key.tables.table]
+    table.obsm[Key.obsm.abund] = pd.DataFrame(abund, index=table.obs_names, columns=list(CELL_TYPES))
+    table.uns[Key.uns.root][Key.uns.synthetic] = {"seed": int(seed), "pitch_um": PITCH_UM}
     return sdata
-
-
-def synthetic_reference(*, n_cells_per_type: int = 100, seed: int = 0) -> AnnData:
-    """A labelled single-cell reference for the cell types of :func:`synthetic`.
-
-    Raw counts of ``n_cells_per_type`` cells of each type drawn from the same expression
-    signatures as the spot counts of :func:`synthetic` (negative binomial, with a log-normal
-    library size per cell), so that deconvolution can be tested end to end.
-
-    Parameters
-    ----------
-    n_cells_per_type
-        Cells per cell type.
-    seed
-        Seed of the counts.
-
-    Returns
-    -------
-    AnnData
-        Cells x genes: integer counts in ``X`` (sparse, float32), labels in ``obs["cell_type"]``
-        (categorical, in the column order of ``obsm["abund"]``).
-
-    Examples
-    --------
-    >>> import histodecon as hd
-    >>> ref = hd.datasets.synthetic_reference(n_cells_per_type=50)
-    >>> ref.obs["cell_type"].value_counts()["tumour"]
-    np.int64(50)
-    """
-    _check_count(n_cells_per_type, "n_cells_per_type", 1)
-    _check_count(seed, "seed", 0)
-    labels = np.repeat(np.arange(len(CELL_TYPES)), n_cells_per_type)
-    X = cell_counts(labels, np.random.default_rng(seed))
-    obs = pd.DataFrame(
-        {"cell_type": pd.Categorical.from_codes(labels, categories=list(CELL_TYPES))},
-        index=[f"cell{i:05d}" for i in range(len(labels))],
-    )
-    return AnnData(X=sparse.csr_matrix(X), obs=obs, var=pd.DataFrame(index=list(GENE_NAMES)))

@@ -1,0 +1,152 @@
+"""The worker side of :func:`histodecon.tl.embed_many` and :func:`histodecon.tl.predict_many`.
+
+One task per slide, run on a dask worker (or in this process without a client): the tasks,
+the models each worker process loads once and reuses, and the worker's settings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import dask
+import pandas as pd
+from anndata import AnnData
+from spatialdata import SpatialData
+
+from histodecon import encoders
+from histodecon._constants import Key
+from histodecon._settings import logger, settings
+from histodecon._utils import provenance
+from histodecon.pp import spot_patches
+
+from ._embed_slide import embed_slide
+from ._fit import predict
+from ._model_file import model_paths
+from ._regressor import AbundanceRegressor
+
+#: glibc's ``mallopt`` parameter for the mmap threshold (malloc.h), and its largest value on
+#: 64-bit systems (``DEFAULT_MMAP_THRESHOLD_MAX``).
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 32 * 2**20
+#: Models loaded in this process, reused by every slide a dask worker embeds or predicts.
+WORKER_MODELS: dict[tuple, Any] = {}
+_WORKER_MODELS_LOCK = threading.Lock()
+
+
+def embed_task(
+    slide: SpatialData,
+    store: str,
+    *,
+    entries: Sequence[encoders.Encoder],
+    weights: Mapping[str, str],
+    device: str | None,
+    batch_size: int,
+    num_workers: int,
+    table_key: str,
+    models: dict | None = None,
+) -> dict[str, tuple]:
+    """Embeddings and provenance of one slide per model, saved batch by batch to ``store``.
+
+    ``models`` caches the loaded encoders; ``None`` uses this process's :data:`WORKER_MODELS`.
+    """
+    models = WORKER_MODELS if models is None else models
+    torch_device = settings.torch_device(device)
+    results = {}
+    with worker_settings():
+        for entry in entries:
+            encoder = cached(
+                models,
+                ("encoder", entry.name, weights.get(entry.name), str(torch_device)),
+                lambda entry=entry: load_encoder(entry, weights.get(entry.name), torch_device),
+            )
+            patches = spot_patches(slide, size=entry.patch_size, mpp=entry.mpp, table_key=table_key)
+            results[entry.name] = embed_slide(
+                encoder, patches, device=torch_device, batch_size=batch_size, num_workers=num_workers, store=store
+            )
+    return results
+
+
+def predict_task(
+    table: AnnData, model: AbundanceRegressor | str, *, key_added: str, models: dict | None = None
+) -> tuple[pd.DataFrame, dict]:
+    """Predictions of one slide's table and their provenance record.
+
+    ``model`` is a fitted regressor or the path of a saved one, loaded once per process into
+    ``models`` (``None``: :data:`WORKER_MODELS`) and again only when the file changes.
+    """
+    if not isinstance(model, AbundanceRegressor):
+        models = WORKER_MODELS if models is None else models
+        stamp = os.stat(model_paths(model)[0]).st_mtime_ns
+        model = cached(models, ("regressor", model, stamp), lambda: AbundanceRegressor.load(model))
+    predict(table, model, key_added=key_added)
+    return table.obsm[key_added], provenance(table)[Key.uns.predictions][key_added]
+
+
+def load_encoder(entry: encoders.Encoder, weights: str | None, device: Any) -> encoders.PatchEncoder:
+    """Load ``entry``, first registering it where this process does not know it (a fresh worker)."""
+    try:
+        known = encoders.get(entry.name)
+    except KeyError:
+        known = None
+    if known != entry:
+        encoders.register(entry, overwrite=True)
+    return encoders.load(entry.name, weights=weights, device=device)
+
+
+def cached(models: dict, key: tuple, load: Callable[[], Any]) -> Any:
+    """``models[key]``, loaded once even when several threads of a worker ask at the same time."""
+    with _WORKER_MODELS_LOCK:
+        if key not in models:
+            models[key] = load()
+        return models[key]
+
+
+@contextlib.contextmanager
+def worker_settings() -> Iterator[None]:
+    """Inside a dask worker: no per-batch progress bars, and image chunks read by local threads.
+
+    The client shows one bar over slides. Without the threaded scheduler, the chunk reads of
+    :func:`histodecon.pp.spot_patches` would go back to the cluster as tasks of their own.
+    """
+    try:
+        from distributed import get_worker
+
+        get_worker()
+    except (ImportError, ValueError):
+        yield
+        return
+    raise_mmap_threshold()
+    shown, settings.progress = settings.progress, False
+    try:
+        with dask.config.set(scheduler="threads"):
+            yield
+    finally:
+        settings.progress = shown
+
+
+@functools.cache
+def raise_mmap_threshold() -> None:
+    """Let a dask worker serve torch's batch-sized buffers from the heap instead of fresh mmaps.
+
+    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536`` so that they give memory
+    back to the system. Setting it also freezes glibc's mmap threshold at 128 KiB, so every
+    tensor of a batch is mapped, zero-filled page by page, and unmapped again: a worker embedded
+    half as many slides per minute with the weights-free encoder (``benchmarks/scale.py``). Raising
+    the mmap threshold to 32 MiB, once per worker process, restores the speed and leaves the
+    trimming of freed memory to dask's setting. Skipped where the threshold was set explicitly,
+    where the trim setting is absent, or without glibc.
+    """
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        return
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return
+    if mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD):
+        logger.debug(f"Raised this worker's malloc mmap threshold to {MMAP_THRESHOLD} bytes.")
