@@ -52,7 +52,7 @@ def slide(n_spots: int, k: int, pitch_um: float, mpp: float = 1.0, seed: int = 0
     adata = AnnData(np.zeros((len(xy), 0), dtype=np.float32))
     adata.obs["sample"] = pd.Categorical(["bench"] * len(xy))
     adata.obsm["spatial"] = xy
-    adata.uns["histodecon"] = {"samples": {"bench": {"mpp": mpp}}}
+    adata.uns["histodecon"] = {"samples": {"bench": {"mpp": mpp, "spot_diameter_px": 0.55 * pitch_um / mpp}}}
     names = [f"type{j:02d}" for j in range(k)]
     adata.obsm["abund"] = pd.DataFrame(smooth_abundances(rc, k, seed), index=adata.obs_names, columns=names)
     return adata
@@ -78,10 +78,11 @@ def reference_moran(xy: np.ndarray, X: np.ndarray, length_scale_px: float, cutof
 def side_by_side(adata: AnnData, length_scale_px: float, repeats: int) -> dict:
     """Median times of the reference and of ``hd.gr.rbf_graph`` + ``hd.gr.moran_r``, run alternately."""
     xy, X = adata.obsm["spatial"], adata.obsm["abund"].to_numpy()
+    mpp = adata.uns["histodecon"]["samples"]["bench"]["mpp"]  # through the um/px, as users call it
 
     def ours() -> tuple[float, float]:
         start = time.perf_counter()
-        hd.gr.rbf_graph(adata, length_scale_px=length_scale_px, overwrite=True)
+        hd.gr.rbf_graph(adata, length_scale_um=length_scale_px * mpp, overwrite=True)
         middle = time.perf_counter()
         hd.gr.moran_r(adata, key="abund", overwrite=True)
         return middle - start, time.perf_counter() - middle

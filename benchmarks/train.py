@@ -136,7 +136,7 @@ def main() -> None:
     plain_per_epoch = dataloader_epochs(model, x, y, epochs)
 
     start = time.perf_counter()
-    cv = hd.tl.cross_validate(slides, features=["conch", "uni"], groupby="patient")
+    cv = hd.tl.cross_validate(slides, features=["conch", "uni"], groupby="patient", baselines=())
     loo_s = time.perf_counter() - start
 
     write_results(

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,12 +18,15 @@ import pytest
 import torch
 from anndata import AnnData
 from PIL import Image
+from safetensors.torch import save_file
 from scipy import sparse
 from spatialdata import SpatialData
-from spatialdata.models import Image2DModel
+from spatialdata.models import Image2DModel, ShapesModel, TableModel
+from spatialdata.transformations import Scale, get_transformation, set_transformation
 
 import histodecon as hd
 from histodecon.pp._patches import image_levels
+from histodecon.tl._model_file import record_checksum
 
 N_SPOTS = 30
 EMBEDDING_DIM = 51  # the width of the weights-free "handcrafted" encoder's embeddings
@@ -229,7 +234,9 @@ def _drop(attr: str, key: str) -> Callable[[Any], None]:
 
 def _grayscale_image(sdata: SpatialData) -> None:
     element = sdata.images["synthetic_image"]
-    sdata.images["synthetic_image"] = Image2DModel.parse(element.data[:1], dims=("c", "y", "x"))
+    sdata.images["synthetic_image"] = Image2DModel.parse(
+        element.data[:1], dims=("c", "y", "x"), transformations=get_transformation(element, get_all=True)
+    )
 
 
 def _rename_cell_type(adata: AnnData) -> None:
@@ -244,6 +251,70 @@ def _table_slide(sdata: SpatialData, edit: Callable[[AnnData], None]) -> Spatial
     """``sdata`` after editing its table."""
     edit(sdata.tables["table"])
     return sdata
+
+
+def _second_image(sdata: SpatialData) -> None:
+    """A second image in the sample's pixel coordinate system: which one is the H&E is ambiguous."""
+    element = sdata.images["synthetic_image"]
+    sdata.images["copy"] = Image2DModel.parse(
+        element.data, dims=("c", "y", "x"), transformations=get_transformation(element, get_all=True)
+    )
+
+
+def _micrometres(mpp) -> Callable[[SpatialData], None]:
+    """The slide with ``mpp`` as its µm per pixel (``None``: none recorded anywhere), on new elements."""
+
+    def edit(sdata: SpatialData) -> None:
+        for elements, key in ((sdata.images, "synthetic_image"), (sdata.shapes, "synthetic_spots")):
+            element = elements[key].copy(deep=False) if key in sdata.images else elements[key].copy()
+            systems = dict(get_transformation(element, get_all=True))
+            systems.pop("synthetic_um")
+            if mpp is not None:
+                systems["synthetic_um"] = Scale([mpp, mpp], axes=("x", "y"))
+            set_transformation(element, systems, set_all=True)
+            elements[key] = element
+        sdata.tables["table"].uns["histodecon"]["samples"]["synthetic"].pop("mpp")
+
+    return edit
+
+
+def _spot_radius(radius: float) -> Callable[[SpatialData], None]:
+    def edit(sdata: SpatialData) -> None:
+        sdata.shapes["synthetic_spots"] = sdata.shapes["synthetic_spots"].assign(radius=radius)
+
+    return edit
+
+
+def _no_cache(table: AnnData) -> AnnData:
+    del table.uns["histodecon"]
+    return table
+
+
+def _foreign(k, *, images: int = 1, radius: float = 55.0, annotated: bool = True) -> SpatialData:
+    """The kit's spots as another tool writes them: images and circles in "global", a table annotating them.
+
+    With the default ``radius`` the spots have Visium's layout (110 px across, 200 px apart).
+    """
+    base = k.slide()
+    centres = base.tables["table"].obsm["spatial"]
+    circles = ShapesModel.parse(
+        centres, geometry=0, radius=np.full(N_SPOTS, radius), index=base.tables["table"].obs_names
+    )
+    table = AnnData(
+        obs=pd.DataFrame(
+            {"region": pd.Categorical(["spots"] * N_SPOTS), "spot": base.tables["table"].obs_names},
+            index=base.tables["table"].obs_names,
+        )
+    )
+    if annotated:
+        table = TableModel.parse(table, region="spots", region_key="region", instance_key="spot")
+    pixels = base.images["synthetic_image"].data
+    named = {"he": pixels, "he_lowres": pixels}
+    return SpatialData(
+        images={name: Image2DModel.parse(data, dims=("c", "y", "x")) for name, data in list(named.items())[:images]},
+        shapes={"spots": circles},
+        tables={"table": table},
+    )
 
 
 def _embedding_slides(k, edit) -> list[AnnData]:
@@ -384,15 +455,115 @@ CASES = [
     ),
     pytest.param(
         lambda k: call(hd.pp.spot_patches, edited(k.slide(), lambda s: s.images.pop("synthetic_image"))),
-        KeyError,
-        r"refers to image 'synthetic_image', which the SpatialData lacks",
+        ValueError,
+        r"No image shares coordinate system 'synthetic' with the spots 'synthetic_spots'.*"
+        r"hd\.io\.from_spatialdata\(sdata, image_key=",
         id="spot_patches-image-element-missing",
     ),
+    # ---- sample geometry: one check, one message (issues 14 and 15)
     pytest.param(
-        lambda k: call(hd.pp.spot_patches, _table_slide(k.slide(), _drop("uns", "histodecon"))),
+        lambda k: call(hd.pp.spot_patches, edited(k.slide(), _second_image)),
+        ValueError,
+        r"Several images share coordinate system 'synthetic' .*\['synthetic_image', 'copy'\]\. Say which .*image_key=\.\.\.\)",
+        id="spot_patches-ambiguous-image",
+    ),
+    pytest.param(
+        lambda k: call(hd.pp.spot_patches, edited(k.slide(), lambda s: s.shapes.pop("synthetic_spots"))),
+        ValueError,
+        r"annotates shapes 'synthetic_spots' for sample 'synthetic', which the SpatialData lacks",
+        id="spot_patches-shapes-element-missing",
+    ),
+    pytest.param(
+        lambda k: call(hd.pp.spot_patches, _table_slide(k.slide(), _drop("uns", "spatialdata_attrs"))),
+        ValueError,
+        r"The table annotates no shapes .*TableModel\.parse.*hd\.io\.from_spatialdata",
+        id="spot_patches-table-annotates-no-shapes",
+    ),
+    pytest.param(
+        lambda k: call(hd.pp.spot_patches, edited(k.slide(), _micrometres(np.inf))),
+        ValueError,
+        r"µm per pixel \(mpp\) of sample 'synthetic' is inf; .*hd\.io\.from_spatialdata\(sdata, mpp=\.\.\.\)",
+        id="spot_patches-infinite-mpp",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.embed, edited(k.slide(), _micrometres(None)), models=["handcrafted"], overwrite=True),
+        ValueError,
+        r"µm per pixel \(mpp\) of sample 'synthetic' is missing; .*hd\.io\.from_spatialdata\(sdata, mpp=\.\.\.\)",
+        id="embed-missing-mpp",
+    ),
+    pytest.param(
+        lambda k: call(hd.gr.rbf_graph, edited(k.slide(), _micrometres(np.nan))),
+        ValueError,
+        r"µm per pixel \(mpp\) of sample 'synthetic' is nan; .*from_spatialdata.*`length_scale_px=`",
+        id="rbf_graph-nan-mpp",
+    ),
+    pytest.param(
+        lambda k: call(
+            hd.gr.rbf_graph, edited(k.table(), lambda t: t.uns["histodecon"]["samples"]["synthetic"].pop("mpp"))
+        ),
+        ValueError,
+        r"µm per pixel \(mpp\) of sample 'synthetic' is missing; .*from_spatialdata",
+        id="rbf_graph-table-cache-without-mpp",
+    ),
+    pytest.param(
+        lambda k: call(hd.gr.rbf_graph, _no_cache(k.table())),
         KeyError,
-        r"No sample 'synthetic' in `uns\['histodecon'\]\['samples'\]`.*Read the slide with `hd\.io`",
-        id="spot_patches-no-slide-geometry",
+        r"The table alone does not say the µm per pixel .*Pass the SpatialData",
+        id="rbf_graph-table-without-geometry",
+    ),
+    pytest.param(
+        lambda k: call(hd.pp.spot_patches, edited(k.slide(), _spot_radius(np.inf))),
+        ValueError,
+        r"spot diameter in pixels of sample 'synthetic' is inf; .*finite positive",
+        id="spot_patches-infinite-spot-size",
+    ),
+    pytest.param(
+        lambda k: call(hd.io.read_slide, k.image, mpp=np.inf),
+        ValueError,
+        r"`mpp` must be a positive number .* got inf",
+        id="read_slide-infinite-mpp",
+    ),
+    pytest.param(
+        lambda k: call(hd.io.from_spatialdata, _foreign(k, images=2)),
+        ValueError,
+        r"Several images share a coordinate system with the shapes 'spots': \['he', 'he_lowres'\]\. .*`image_key=`",
+        id="from_spatialdata-ambiguous-image",
+    ),
+    pytest.param(
+        lambda k: call(hd.io.from_spatialdata, _foreign(k, images=0)),
+        ValueError,
+        r"No image shares a coordinate system with the shapes 'spots'.*`image_key=`",
+        id="from_spatialdata-no-image",
+    ),
+    pytest.param(
+        lambda k: call(hd.io.from_spatialdata, _foreign(k), mpp=np.inf),
+        ValueError,
+        r"`mpp` must be a positive number .* got inf",
+        id="from_spatialdata-infinite-mpp",
+    ),
+    pytest.param(
+        lambda k: call(hd.io.from_spatialdata, _foreign(k, radius=50.0)),
+        ValueError,
+        r"µm per pixel of sample 'spots' cannot be inferred.*Pass `mpp=` .* or `spot_diameter_um=`",
+        id="from_spatialdata-mpp-not-inferable",
+    ),
+    pytest.param(
+        lambda k: call(hd.io.from_spatialdata, _foreign(k, annotated=False), mpp=0.5),
+        ValueError,
+        r"The table annotates no shapes .*TableModel\.parse",
+        id="from_spatialdata-table-annotates-no-shapes",
+    ),
+    pytest.param(
+        lambda k: call(hd.io.from_spatialdata, _foreign(k), mpp=0.5, shapes_key="cells"),
+        ValueError,
+        r"The table annotates shapes \['spots'\], not 'cells'",
+        id="from_spatialdata-unknown-shapes",
+    ),
+    pytest.param(
+        lambda k: call(hd.io.from_spatialdata, k.table()),
+        TypeError,
+        r"from_spatialdata needs a SpatialData, got AnnData",
+        id="from_spatialdata-anndata",
     ),
     pytest.param(
         lambda k: call(hd.pp.spot_patches, _table_slide(k.slide(), _set_value("spatial", (4, 1), np.inf))),
@@ -625,10 +796,10 @@ CASES = [
         id="predict-embedding-missing",
     ),
     pytest.param(
-        lambda k: call(hd.tl.predict, k.table(), "model.safetensors"),
+        lambda k: call(hd.tl.predict, k.table(), 42),
         TypeError,
-        r"`model` must be an AbundanceRegressor, got str.*AbundanceRegressor\.load",
-        id="predict-model-path-instead-of-model",
+        r"`model` must be an AbundanceRegressor, a saved model's path or a Hub repository id, got int",
+        id="predict-model-of-another-type",
     ),
     pytest.param(
         lambda k: call(hd.tl.predict, k.table(), hd.tl.AbundanceRegressor()),
@@ -860,3 +1031,572 @@ def test_bad_input_is_refused_and_nothing_passed_in_changes(kit, make, error, ma
     with pytest.raises(error, match=match):
         function(*args, **kwargs)
     assert_unchanged(before, (args, kwargs))
+
+
+# ------------------------------------------------------------------------------------------ issue 15 (helper A3)
+# Stores bound to their slide, counts that are positive integers, known devices, every slide checked
+# before anything is written, duplicated gene names.
+_NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="the message for a machine without CUDA")
+
+
+def _scratch() -> Path:
+    """A fresh empty folder for a case's stores (created, not inside any input)."""
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix="histodecon-bad-"))
+
+
+def _store_of(slide: SpatialData) -> Path:
+    """A store holding the handcrafted embeddings of ``slide`` (its table is not kept)."""
+    store = _scratch() / "emb.zarr"
+    hd.tl.embed(slide, models=["handcrafted"], store=store, overwrite=True)
+    return store
+
+
+def _inverted_image(sdata: SpatialData) -> SpatialData:
+    """``sdata`` with its image's pixels inverted: the same spots, names and coordinates on another image."""
+    from spatialdata.transformations import get_transformation
+
+    element = sdata.images["synthetic_image"]
+    transformations = get_transformation(element, get_all=True)
+    sdata.images["synthetic_image"] = Image2DModel.parse(
+        255 - element.data, dims=("c", "y", "x"), transformations=transformations
+    )
+    return sdata
+
+
+def _shared_table(k) -> list[SpatialData]:
+    """Two slides whose SpatialData objects differ but hold the same table object."""
+    first = k.slide()
+    second = SpatialData(images=dict(first.images), shapes=dict(first.shapes), tables={"table": first.tables["table"]})
+    return [first, second]
+
+
+def _same_slide_twice(k) -> list[SpatialData]:
+    slide = k.slide()
+    return [slide, slide]
+
+
+def _repeat_first_name(attr: str) -> Callable[[AnnData], None]:
+    def edit(adata: AnnData) -> None:
+        names = list(getattr(adata, attr))
+        names[1] = names[0]
+        setattr(adata, attr, names)
+
+    return edit
+
+
+def _string_column(adata: AnnData) -> None:
+    adata.obsm["abund"] = adata.obsm["abund"].assign(tumour=adata.obsm["abund"]["tumour"].map("{:.3f}".format))
+
+
+_REPEATED_NAMES = pytest.mark.filterwarnings("ignore:(Observation|Variable) names are not unique")
+_POSITIVE = r"`{}` must be a positive integer, got {}; pass e\.g\."
+_CUDA = r"CUDA was requested \(device='cuda'\) but torch\.cuda\.is_available\(\) is False; use device='cpu'"
+_UNKNOWN_DEVICE = r"Unknown device 'gpu'; use 'cpu', 'cuda', 'cuda:<index>' or 'mps'"
+_TWICE = r"same {} is listed twice in the slides \(positions 0 and 1\); each slide is embedded once: drop the repeat"
+_SPOT_NAMES = r"spot names \(`obs_names`\) of {} are not unique; repeated: \['{}'\].*obs_names_make_unique"
+_GENE_NAMES = r"gene names of {} are not unique; repeated: \['{}'\]\. Sum the counts of each gene"
+
+ISSUE15_CASES = [
+    # ---- embed: counts, devices, every slide checked before anything is written
+    pytest.param(
+        lambda k: call(hd.tl.embed, k.slide(), models=["handcrafted"], batch_size=-1, overwrite=True),
+        ValueError,
+        _POSITIVE.format("batch_size", "-1"),
+        id="embed-batch-size-negative",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.embed, k.slide(), models=["handcrafted"], batch_size=2.5, overwrite=True),
+        ValueError,
+        _POSITIVE.format("batch_size", r"2\.5"),
+        id="embed-batch-size-fractional",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.embed, k.slide(), models=["handcrafted"], batch_size=True, overwrite=True),
+        ValueError,
+        _POSITIVE.format("batch_size", "True"),
+        id="embed-batch-size-bool",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.embed, k.slide(), models=["handcrafted"], batch_size="32", overwrite=True),
+        TypeError,
+        _POSITIVE.format("batch_size", "'32'"),
+        id="embed-batch-size-string",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.embed, k.slide(), models=["handcrafted"], num_workers=1.5, overwrite=True),
+        ValueError,
+        _POSITIVE.format("num_workers", r"1\.5"),
+        id="embed-num-workers-fractional",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.embed, k.slide(), models=["handcrafted"], device="gpu", overwrite=True),
+        ValueError,
+        _UNKNOWN_DEVICE,
+        id="embed-unknown-device",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.embed, k.slide(), models=["handcrafted"], device=0, overwrite=True),
+        TypeError,
+        r"`device` must be a device name such as 'cpu' or 'cuda', got int",
+        id="embed-device-not-a-name",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.embed, k.slide(), models=["handcrafted"], device="cuda", overwrite=True),
+        ValueError,
+        _CUDA,
+        id="embed-cuda-without-gpu",
+        marks=_NO_CUDA,
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.embed, _same_slide_twice(k), models=["handcrafted"], overwrite=True),
+        ValueError,
+        _TWICE.format("slide"),
+        id="embed-same-slide-twice",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.embed, _shared_table(k), models=["handcrafted"], overwrite=True),
+        ValueError,
+        _TWICE.format("table"),
+        id="embed-two-slides-one-table",
+    ),
+    pytest.param(
+        lambda k: call(
+            hd.tl.embed,
+            _table_slide(k.slide(), _repeat_first_name("obs_names")),
+            models=["handcrafted"],
+            overwrite=True,
+        ),
+        ValueError,
+        _SPOT_NAMES.format("the slide", "spot00000"),
+        id="embed-duplicated-spot-names",
+        marks=_REPEATED_NAMES,
+    ),
+    pytest.param(
+        lambda k: call(
+            hd.tl.embed,
+            [k.slide(), _table_slide(k.slide(), _repeat_first_name("obs_names"))],
+            models=["handcrafted"],
+            overwrite=True,
+        ),
+        ValueError,
+        _SPOT_NAMES.format("slide 1", "spot00000"),
+        id="embed-second-slide-duplicated-spot-names",
+        marks=_REPEATED_NAMES,
+    ),
+    pytest.param(
+        lambda k: call(
+            hd.tl.embed,
+            [k.slide(), k.slide()],
+            models=["handcrafted"],
+            store=[_scratch() / "a.zarr"] * 2,
+            overwrite=True,
+        ),
+        ValueError,
+        r"`store` gives several slides the same path .*a\.zarr'\]; pass one path per slide",
+        id="embed-one-store-path-twice",
+    ),
+    # ---- embed: a store is bound to its slide
+    pytest.param(
+        lambda k: call(
+            hd.tl.embed,
+            hd.datasets.synthetic(n_spots=N_SPOTS, seed=1, counts=False),
+            models=["handcrafted"],
+            store=_store_of(k.slide()),
+        ),
+        ValueError,
+        r"emb\.zarr' holds 'handcrafted' embeddings of another slide.*what differs: image pixels under 16 spots.*"
+        r"Give each slide its own `store=` path, or delete .*emb\.zarr/handcrafted",
+        id="embed-store-of-another-slide-same-spot-names",
+    ),
+    pytest.param(
+        lambda k: call(
+            hd.tl.embed,
+            _inverted_image(k.slide()),
+            models=["handcrafted"],
+            store=_store_of(k.slide()),
+            overwrite=True,
+        ),
+        ValueError,
+        r"another slide.*what differs: image pixels under 16 spots \(store '\w{12}', now '\w{12}'\)\. Give each slide",
+        id="embed-store-of-the-same-spots-on-another-image",
+    ),
+    pytest.param(
+        lambda k: call(
+            hd.tl.embed, k.slide(), models=["handcrafted"], store=_store_of(k.slide()), patch_size=64, overwrite=True
+        ),
+        ValueError,
+        r"what differs: image pixels under 16 spots .*; patch_size \(store \d+, now 64\)",
+        id="embed-store-of-another-patch-size",
+    ),
+    # ---- embed_many
+    pytest.param(
+        lambda k: call(hd.tl.embed_many, _same_slide_twice(k), ["handcrafted"], stores=_scratch(), overwrite=True),
+        ValueError,
+        _TWICE.format("slide"),
+        id="embed_many-same-slide-twice",
+    ),
+    pytest.param(
+        lambda k: call(
+            hd.tl.embed_many,
+            [_table_slide(k.slide(), _repeat_first_name("obs_names"))],
+            ["handcrafted"],
+            stores=_scratch(),
+            overwrite=True,
+        ),
+        ValueError,
+        _SPOT_NAMES.format("the slide", "spot00000"),
+        id="embed_many-duplicated-spot-names",
+        marks=_REPEATED_NAMES,
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.embed_many, [k.slide(), k.slide()], ["handcrafted"], stores=_scratch(), overwrite=True),
+        ValueError,
+        r"same samples, spot names and coordinates \(\['synthetic-\w{12}'\]\), so they would share a store",
+        id="embed_many-two-copies-of-one-slide",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.embed_many, [k.slide()], ["handcrafted"], stores=_scratch(), device="gpu", overwrite=True),
+        ValueError,
+        _UNKNOWN_DEVICE,
+        id="embed_many-unknown-device",
+    ),
+    pytest.param(
+        lambda k: call(
+            hd.tl.embed_many, [k.slide()], ["handcrafted"], stores=_scratch(), batch_size=0.5, overwrite=True
+        ),
+        ValueError,
+        _POSITIVE.format("batch_size", r"0\.5"),
+        id="embed_many-batch-size-fractional",
+    ),
+    # ---- predict: batch_size only bounds memory, and must be a count
+    pytest.param(
+        lambda k: call(hd.tl.predict, k.table(), k.model, batch_size=-1),
+        ValueError,
+        _POSITIVE.format("batch_size", "-1"),
+        id="predict-batch-size-negative",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.predict, k.table(), k.model, batch_size=0),
+        ValueError,
+        _POSITIVE.format("batch_size", "0"),
+        id="predict-batch-size-zero",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.predict, k.table(), k.model, batch_size=100.0),
+        ValueError,
+        _POSITIVE.format("batch_size", r"100\.0"),
+        id="predict-batch-size-float",
+    ),
+    pytest.param(
+        lambda k: call(k.model.predict, np.asarray(k.table().obsm["X_handcrafted"]), batch_size=0),
+        ValueError,
+        _POSITIVE.format("batch_size", "0"),
+        id="regressor_predict-batch-size-zero",
+    ),
+    # ---- fit: counts among the hyperparameters, devices, numeric targets
+    pytest.param(
+        lambda k: call(hd.tl.fit, k.table(), features=["handcrafted"], hidden=(8,), max_epochs=0.5),
+        ValueError,
+        _POSITIVE.format("max_epochs", r"0\.5"),
+        id="fit-fractional-epochs",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.fit, k.table(), features=["handcrafted"], hidden=(8,), batch_size=0),
+        ValueError,
+        _POSITIVE.format("batch_size", "0"),
+        id="fit-batch-size-zero",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.fit, k.table(), features=["handcrafted"], hidden=(8,), batch_size=2.5),
+        ValueError,
+        _POSITIVE.format("batch_size", r"2\.5"),
+        id="fit-batch-size-fractional",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.fit, k.table(), features=["handcrafted"], hidden=(8,), patience=True),
+        ValueError,
+        _POSITIVE.format("patience", "True"),
+        id="fit-patience-bool",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.fit, k.table(), features=["handcrafted"], hidden=(8,), max_epochs=2, device="gpu"),
+        ValueError,
+        _UNKNOWN_DEVICE,
+        id="fit-unknown-device",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.fit, k.table(), features=["handcrafted"], hidden=(8,), max_epochs=2, device="cuda"),
+        ValueError,
+        _CUDA,
+        id="fit-cuda-without-gpu",
+        marks=_NO_CUDA,
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.fit, edited(k.table(), _string_column), features=["handcrafted"], hidden=(8,)),
+        TypeError,
+        r"`obsm\['abund'\]` has non-numeric columns \['tumour'\]; pass a spots x cell types matrix of numbers",
+        id="fit-string-column-in-target",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.cross_validate, [k.table(), k.table()], features=["handcrafted"], max_epochs=1.5),
+        ValueError,
+        _POSITIVE.format("max_epochs", r"1\.5"),
+        id="cross_validate-fractional-epochs",
+    ),
+    # ---- deconvolve: duplicated genes, counts, priors, devices
+    pytest.param(
+        lambda k: call(
+            hd.tl.deconvolve, edited(k.counts(), _repeat_first_name("var_names")), k.reference, labels_key="cell_type"
+        ),
+        ValueError,
+        _GENE_NAMES.format("slide synthetic", r"\w+"),
+        id="deconvolve-duplicated-gene-names",
+        marks=_REPEATED_NAMES,
+    ),
+    pytest.param(
+        lambda k: call(
+            hd.tl.deconvolve,
+            k.counts(),
+            edited(copy.deepcopy(k.reference), _repeat_first_name("var_names")),
+            labels_key="cell_type",
+        ),
+        ValueError,
+        _GENE_NAMES.format("the reference", r"\w+"),
+        id="deconvolve-reference-duplicated-gene-names",
+        marks=_REPEATED_NAMES,
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.deconvolve, k.counts(), k.reference, labels_key="cell_type", max_epochs=0),
+        ValueError,
+        _POSITIVE.format("max_epochs", "0"),
+        id="deconvolve-zero-epochs",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.deconvolve, k.counts(), k.reference, labels_key="cell_type", num_samples=10.5),
+        ValueError,
+        _POSITIVE.format("num_samples", r"10\.5"),
+        id="deconvolve-fractional-posterior-samples",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.deconvolve, k.counts(), k.reference, labels_key="cell_type", n_cells_per_location=-5),
+        ValueError,
+        r"`n_cells_per_location` must be a positive number \(a cell2location prior\), got -5",
+        id="deconvolve-negative-cells-per-spot",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.deconvolve, k.counts(), k.reference, labels_key="cell_type", device="gpu"),
+        ValueError,
+        _UNKNOWN_DEVICE,
+        id="deconvolve-unknown-device",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.deconvolve, k.counts(), k.reference, labels_key="cell_type", device="cuda"),
+        ValueError,
+        _CUDA,
+        id="deconvolve-cuda-without-gpu",
+        marks=_NO_CUDA,
+    ),
+]
+
+
+@pytest.mark.parametrize(("make", "error", "match"), ISSUE15_CASES)
+def test_issue15_bad_input_is_refused_and_nothing_passed_in_changes(kit, make, error, match):
+    test_bad_input_is_refused_and_nothing_passed_in_changes(kit, make, error, match)
+
+
+# ------------------------------------------------------------------------------------------ issue 15 item 5, issue 17
+# Model files bounded (helper M5): forged JSONs (their checksum recomputed, as anyone can) are refused
+# before any tensor is allocated, naming the file and the field; damaged or wrong-format weights files
+# name the file and the expected format; models by Hub repository id, offline.
+_FORGED = r"{}: field `{}` {}.*The file was not written by `AbundanceRegressor\.save`.*use the original files"
+_WEIGHTS = r"{} {}.*expected a safetensors file or a PyTorch zip checkpoint saved with torch\.save"
+
+
+def _model_folder() -> Path:
+    """A fresh folder for a case's files (created, not inside any input)."""
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix="histodecon-model-"))
+
+
+def _forged_model(k, edit: Callable[[dict], None]) -> Path:
+    """The JSON of ``k.model`` saved afresh, after ``edit`` and with its checksum recomputed."""
+    json_path = _model_folder() / "model.json"
+    k.model.save(json_path)
+    record = json.loads(json_path.read_text())
+    edit(record)
+    record["record_sha256"] = record_checksum(record)
+    json_path.write_text(json.dumps(record))
+    return json_path
+
+
+def _widths(widths) -> Callable[[dict], None]:
+    def edit(record: dict) -> None:
+        record["architecture"]["hidden"] = record["hyperparameters"]["hidden"] = widths
+
+    return edit
+
+
+def _setting(section: str | None, key: str, value: Any) -> Callable[[dict], None]:
+    return lambda record: (record[section] if section else record).__setitem__(key, value)
+
+
+def _truncated_tensors(k) -> Path:
+    json_path = _model_folder() / "model.json"
+    k.model.save(json_path)
+    tensors = json_path.with_suffix(".safetensors")
+    tensors.write_bytes(tensors.read_bytes()[:-40])
+    return json_path
+
+
+def _weights_file(name: str, write: Callable[[Path], None]) -> Path:
+    path = _model_folder() / name
+    write(path)
+    return path
+
+
+def _half(save: Callable[[Path], None]) -> Callable[[Path], None]:
+    def write(path: Path) -> None:
+        save(path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+    return write
+
+
+def _embed_with(k, path: Path) -> tuple[Callable, tuple, dict]:
+    """``hd.tl.embed`` with ``path`` as UNI's weights: the weights are read before the slide is touched."""
+    return call(hd.tl.embed, k.slide(), models=["uni"], weights={"uni": path})
+
+
+def _uni_state() -> dict:
+    return {"weight": torch.zeros(64, 64)}
+
+
+MODEL_FILE_CASES = [
+    # ---- AbundanceRegressor.load: the JSON schema, exact types and bounds
+    pytest.param(
+        lambda k: call(hd.tl.AbundanceRegressor.load, _forged_model(k, _widths([1_000_000] * 7))),
+        ValueError,
+        _FORGED.format(
+            ".*model.json", r"architecture\.hidden\[0\]", r"must be an integer in \[1, 65536\], got 1000000"
+        ),
+        id="load-model-huge-widths",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.AbundanceRegressor.load, _forged_model(k, _widths([8] * 65))),
+        ValueError,
+        _FORGED.format(".*model.json", r"architecture\.hidden", r"must have 1 to 64 entries, got 65"),
+        id="load-model-too-many-layers",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.AbundanceRegressor.load, _forged_model(k, _widths([-8]))),
+        ValueError,
+        _FORGED.format(".*model.json", r"architecture\.hidden\[0\]", r"must be an integer in \[1, 65536\], got -8"),
+        id="load-model-negative-width",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.AbundanceRegressor.load, _forged_model(k, _setting("architecture", "n_features", "51"))),
+        ValueError,
+        _FORGED.format(".*model.json", r"architecture\.n_features", r"must be an integer, got '51' \(string\)"),
+        id="load-model-number-as-string",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.AbundanceRegressor.load, _forged_model(k, _setting(None, "best_epoch", True))),
+        ValueError,
+        _FORGED.format(".*model.json", r"best_epoch", r"must be an integer, got True \(boolean\)"),
+        id="load-model-boolean-as-integer",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.AbundanceRegressor.load, _forged_model(k, _setting("hyperparameters", "lr", "1e-3"))),
+        ValueError,
+        _FORGED.format(".*model.json", r"hyperparameters\.lr", r"must be a number, got '1e-3' \(string\)"),
+        id="load-model-hyperparameter-as-string",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.AbundanceRegressor.load, _forged_model(k, lambda r: r.pop("features"))),
+        ValueError,
+        _FORGED.format(".*model.json", r"features", r"is missing"),
+        id="load-model-missing-field",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.AbundanceRegressor.load, _forged_model(k, _setting(None, "code", "os.system"))),
+        ValueError,
+        _FORGED.format(".*model.json", r"code", r"is not part of the format"),
+        id="load-model-extra-field",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.AbundanceRegressor.load, _forged_model(k, _setting(None, "version", 99))),
+        ValueError,
+        r"model\.json has format version 99; this histodecon reads versions \[1, 2, 3\]\. Load it with the .* release",
+        id="load-model-unknown-version",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.AbundanceRegressor.load, _forged_model(k, _widths([8192, 8192]))),
+        ValueError,
+        r"model\.safetensors does not hold the tensors of the recorded architecture .*'hidden': \[8192, 8192\]",
+        id="load-model-header-disagrees-with-json",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.AbundanceRegressor.load, _truncated_tensors(k)),
+        ValueError,
+        r"model\.safetensors is \d+ bytes, but its header describes .* modified or truncated after saving\. Use an intact",
+        id="load-model-truncated-tensors",
+    ),
+    # ---- models by path or Hub repository id
+    pytest.param(
+        lambda k: call(hd.tl.predict, k.table(), "my-lab/not-cached"),
+        FileNotFoundError,
+        r"No saved model at 'my-lab/not-cached'.*not in the cache while offline.*hf download my-lab/not-cached",
+        id="predict-repo-id-not-cached-offline",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.predict, k.table(), _model_folder() / "absent"),
+        FileNotFoundError,
+        r"absent\.json not found; a saved model is a \.safetensors file and a \.json file of the same name",
+        id="predict-model-path-missing",
+    ),
+    pytest.param(
+        lambda k: call(k.model.push_to_hub, "not a repo id", token="hf_x"),
+        ValueError,
+        r"'not a repo id' is not a Hugging Face repository id; pass `'<owner>/<name>'`",
+        id="push_to_hub-not-a-repo-id",
+    ),
+    # ---- embed: weights files damaged or in another format (nothing unpickled)
+    pytest.param(
+        lambda k: _embed_with(k, _weights_file("pytorch_model.bin", lambda p: p.write_bytes(b""))),
+        ValueError,
+        _WEIGHTS.format("pytorch_model.bin", r"is empty \(0 bytes\)"),
+        id="embed-weights-empty-file",
+    ),
+    pytest.param(
+        lambda k: _embed_with(k, _weights_file("uni.safetensors", _half(lambda p: save_file(_uni_state(), p)))),
+        ValueError,
+        _WEIGHTS.format("uni.safetensors", r"is a truncated or corrupt safetensors file"),
+        id="embed-weights-truncated-safetensors",
+    ),
+    pytest.param(
+        lambda k: _embed_with(k, _weights_file("pytorch_model.bin", _half(lambda p: torch.save(_uni_state(), p)))),
+        ValueError,
+        _WEIGHTS.format("pytorch_model.bin", r"starts like a PyTorch zip checkpoint but is truncated or corrupt"),
+        id="embed-weights-truncated-zip",
+    ),
+    pytest.param(
+        lambda k: _embed_with(k, _weights_file("uni.safetensors", lambda p: p.write_bytes(pickle.dumps(_uni_state())))),
+        ValueError,
+        _WEIGHTS.format("uni.safetensors", r"is a pickle \(torch\.save's legacy format, or a pickled file renamed\)"),
+        id="embed-weights-pickle-renamed-safetensors",
+    ),
+    pytest.param(
+        lambda k: _embed_with(k, _weights_file("pytorch_model.bin", lambda p: p.write_bytes(b"<html>login</html>"))),
+        ValueError,
+        _WEIGHTS.format("pytorch_model.bin", r"is in an unknown format"),
+        id="embed-weights-random-bytes",
+    ),
+]
+
+
+@pytest.mark.parametrize(("make", "error", "match"), MODEL_FILE_CASES)
+def test_model_file_bad_input_is_refused_and_nothing_passed_in_changes(kit, make, error, match):
+    test_bad_input_is_refused_and_nothing_passed_in_changes(kit, make, error, match)

@@ -6,6 +6,8 @@ renamed here and nowhere else.
 
 from __future__ import annotations
 
+import re
+
 
 class Key:
     """Names of the table's ``obs`` / ``obsm`` / ``obsp`` / ``uns`` entries, tables and environment variables."""
@@ -42,8 +44,12 @@ class Key:
 
         @staticmethod
         def embedding(name: str) -> str:
-            """``obsm`` key of the embeddings of encoder ``name``."""
-            return f"{Key.obsm.embedding_prefix}{name}"
+            """``obsm`` key of the embeddings of encoder ``name``, a name that spatialdata and zarr accept.
+
+            Characters other than letters, digits, ``_``, ``-`` and ``.`` become ``_``
+            (``"timm:hf-hub:org/model"`` -> ``"X_timm_hf-hub_org_model"``); ``"uni"`` stays ``"X_uni"``.
+            """
+            return f"{Key.obsm.embedding_prefix}{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}"
 
     class obsp:
         """Spot-by-spot graphs of :func:`histodecon.gr.rbf_graph`."""
@@ -71,6 +77,21 @@ class Key:
         def moran(key: str) -> str:
             """``uns`` key of :func:`histodecon.gr.moran_r` on ``obsm[key]``."""
             return f"{key}{Key.uns.moran_suffix}"
+
+    class cs:
+        """Coordinate systems of a sample: its full-resolution pixels, and micrometres (``Scale(mpp)`` from pixels)."""
+
+        micrometres_suffix = "_um"
+
+        @staticmethod
+        def pixels(sample: str) -> str:
+            """Coordinate system of ``sample``'s image and spots in full-resolution pixels (``Identity``)."""
+            return str(sample)
+
+        @staticmethod
+        def micrometres(sample: str) -> str:
+            """Coordinate system of ``sample`` in micrometres, reached from pixels by ``Scale([mpp, mpp])``."""
+            return f"{sample}{Key.cs.micrometres_suffix}"
 
     class env:
         """Environment variables histodecon reads."""

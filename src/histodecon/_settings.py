@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+#: Torch device types histodecon runs models on.
+_DEVICE_TYPES = ("cpu", "cuda", "mps")
 _LEVELS = {0: logging.ERROR, 1: logging.WARNING, 2: logging.INFO, 3: logging.DEBUG}
 
 
@@ -48,14 +50,60 @@ class Settings:
         self._verbosity = level
         self._logger.setLevel(_LEVELS[level])
 
-    def torch_device(self, device: str | None = None):
-        """Resolve ``device`` (or the default) to a :class:`torch.device`."""
+    def torch_device(self, device=None):
+        """Resolve ``device`` (or the default) to a :class:`torch.device`, refusing unknown or absent devices.
+
+        ``None`` picks CUDA when available, else CPU. A name torch does not know (``"gpu"``) or
+        a device this machine lacks (``"cuda"`` without a GPU, ``"cuda:3"`` with two GPUs,
+        ``"mps"`` off Apple silicon) raises a :class:`ValueError` that says what to pass instead.
+        """
         import torch
 
-        name = device or self.device
+        name = device if device is not None else self.device
         if name is None:
-            name = "cuda" if torch.cuda.is_available() else "cpu"
-        return torch.device(name)
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        resolved = self.check_device_name(name)
+        if resolved.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ValueError(
+                    f"CUDA was requested (device={name!r}) but torch.cuda.is_available() is False; use device='cpu' "
+                    "(or install a CUDA build of torch on a machine with an NVIDIA GPU)."
+                )
+            count = torch.cuda.device_count()
+            if resolved.index is not None and resolved.index >= count:
+                raise ValueError(
+                    f"device={name!r} asks for GPU {resolved.index}, but this machine has {count} "
+                    f"(cuda:0 .. cuda:{count - 1}); pass one of those, or device='cpu'."
+                )
+        elif resolved.type == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(
+                f"MPS was requested (device={name!r}) but torch.backends.mps.is_available() is False; use device='cpu'."
+            )
+        return resolved
+
+    @staticmethod
+    def check_device_name(device):
+        """``device`` as a :class:`torch.device` if its name is one histodecon runs on; availability is not checked.
+
+        For a client that schedules work on other machines (:func:`histodecon.tl.embed_many`),
+        where the device is resolved.
+        """
+        import torch
+
+        if isinstance(device, torch.device):
+            resolved = device
+        elif isinstance(device, str):
+            try:
+                resolved = torch.device(device)
+            except RuntimeError:
+                resolved = None
+        else:
+            raise TypeError(f"`device` must be a device name such as 'cpu' or 'cuda', got {type(device).__name__}.")
+        if resolved is None or resolved.type not in _DEVICE_TYPES:
+            raise ValueError(
+                f"Unknown device {device!r}; use 'cpu', 'cuda', 'cuda:<index>' or 'mps' (None picks CUDA when available)."
+            )
+        return resolved
 
 
 settings = Settings()

@@ -80,16 +80,18 @@ def samples_of(adata: AnnData) -> list[str]:
     """The samples of a table, in the order of ``obs[Key.obs.sample]`` categories."""
     if Key.obs.sample not in adata.obs:
         raise KeyError(
-            f"The table has no `obs[{Key.obs.sample!r}]` column. Read slides with `hd.io` or set "
-            f"`adata.obs[{Key.obs.sample!r}]` to the section each spot belongs to."
+            f"The table has no `obs[{Key.obs.sample!r}]` column. Read slides with `hd.io`, adopt a SpatialData with "
+            f"`hd.io.from_spatialdata(sdata)`, or set `adata.obs[{Key.obs.sample!r}]` to the section of each spot."
         )
     return list(adata.obs[Key.obs.sample].astype("category").cat.categories)
 
 
 def sample_info(adata: AnnData, sample: str | None = None) -> dict:
-    """Provenance of one sample: ``mpp``, ``spot_diameter_px``, ``image_key``, ``shapes_key``, ...
+    """The cached record of one sample: ``mpp``, ``spot_diameter_px``, ``image_key``, ``shapes_key``, ...
 
-    ``sample=None`` is allowed when the table holds exactly one sample.
+    ``sample=None`` is allowed when the table holds exactly one sample. The record is a cache
+    written by the readers; the geometry itself lives in the SpatialData's elements (read it with
+    :func:`histodecon._geometry.sample_geometry`).
     """
     records = adata.uns.get(Key.uns.root, {}).get(Key.uns.samples, {})
     where = f"uns[{Key.uns.root!r}][{Key.uns.samples!r}]"
@@ -98,14 +100,15 @@ def sample_info(adata: AnnData, sample: str | None = None) -> dict:
             raise ValueError(
                 f"The table describes {len(records)} samples ({list(records)}); pass `sample=` to pick one."
                 if records
-                else f"The table has no `{where}` record (mpp, spot size). "
-                "Read the slide with `hd.io` or `hd.io.from_anndata` so that its geometry is known."
+                else f"The table has no `{where}` record (mpp, spot size). Read the slide with `hd.io` or adopt "
+                "its SpatialData with `hd.io.from_spatialdata(sdata, mpp=...)`."
             )
         (sample,) = records
     if sample not in records:
         raise KeyError(
-            f"No sample {sample!r} in `{where}`; known samples: {list(records)}. Read the "
-            "slide with `hd.io` (or `hd.io.from_anndata`), which records each sample's mpp, spot size and image."
+            f"No sample {sample!r} in `{where}`; known samples: {list(records)}. Read the slide with `hd.io` or "
+            "adopt its SpatialData with `hd.io.from_spatialdata(sdata, mpp=...)`, which record each sample's mpp, "
+            "spot size and image."
         )
     return records[sample]
 
@@ -141,6 +144,29 @@ def check_count(value: object, name: str, minimum: int) -> None:
         raise ValueError(f"`{name}` must be at least {minimum}, got {value}.")
 
 
+def check_positive_int(value: object, name: str) -> int:
+    """Refuse a count (batch size, epochs, workers, permutations) that is not a positive integer.
+
+    Booleans, floats (even ``2.0``), zero and negatives are refused: a count silently rounded
+    or clipped gives wrong results or unrelated errors further down.
+    """
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1:
+        return int(value)
+    error = ValueError if isinstance(value, numbers.Number) else TypeError
+    raise error(f"`{name}` must be a positive integer, got {value!r}; pass e.g. `{name}=32`.")
+
+
+def check_unique_names(names: Sequence, what: str, fix: str) -> None:
+    """Refuse repeated names (spots, genes): results keyed by name would be ambiguous.
+
+    ``what`` names the list in the message (``"Spot names of slide 0"``), ``fix`` says what to do.
+    """
+    index = pd.Index(names)
+    if not index.is_unique:
+        repeated = list(index[index.duplicated()].unique()[:5])
+        raise ValueError(f"{what} are not unique; repeated: {repeated}. {fix}")
+
+
 def check_centres(centres_xy: Any, ids, what: str) -> np.ndarray:
     """Spot centres as a float ``(n, 2)`` array, refusing other shapes and missing (NaN / inf) positions."""
     centres = np.asarray(centres_xy, dtype=np.float64)
@@ -159,6 +185,14 @@ def check_centres(centres_xy: Any, ids, what: str) -> np.ndarray:
     return centres
 
 
+def nearest_neighbour_px(centres_xy: np.ndarray) -> float:
+    """The median distance from a spot to its nearest neighbour (NaN for fewer than two spots)."""
+    if len(centres_xy) < 2:
+        return float("nan")
+    distances, _ = cKDTree(centres_xy).query(centres_xy, k=2)
+    return float(np.median(distances[:, 1]))
+
+
 def check_spot_spacing(centres_xy: np.ndarray, mpp: float, what: str) -> None:
     """Refuse spots packed closer than :data:`MIN_SPOT_SPACING_UM`: their coordinates are not pixels of the image.
 
@@ -168,8 +202,7 @@ def check_spot_spacing(centres_xy: np.ndarray, mpp: float, what: str) -> None:
     """
     if len(centres_xy) < 2:
         return
-    distances, _ = cKDTree(centres_xy).query(centres_xy, k=2)
-    spacing_um = float(np.median(distances[:, 1])) * mpp
+    spacing_um = nearest_neighbour_px(centres_xy) * mpp
     if spacing_um < MIN_SPOT_SPACING_UM:
         raise ValueError(
             f"The spots of {what} are a median {spacing_um:.3g} um apart ({spacing_um / mpp:.3g} px at {mpp:g} um/px); "

@@ -1,12 +1,15 @@
 """Phikon-v2's transformers-to-timm key conversion and CONCH v1.5's pooler and position embedding."""
 
+import numpy as np
 import pytest
 import timm
 import torch
 
 import histodecon as hd
+from histodecon._constants import Key
 from histodecon.encoders._conch15 import ConchV15Pooler, conch15_state, dino_resample_pos_embed
 from histodecon.encoders._phikon import timm_state_from_dinov2
+from histodecon.io._build import build_sdata
 
 transformers = pytest.importorskip("transformers", reason="transformers (the test extra) gives Phikon-v2's own model")
 
@@ -21,6 +24,16 @@ def tiny_dinov2(seed: int = 0):
     for parameter in model.parameters():  # LayerScale at 1e-5 would hide a wrong mapping in the output
         parameter.data.normal_(0.0, 0.2)
     return model
+
+
+def embed_four_spots(name: str, weights) -> np.ndarray:
+    """``hd.tl.embed`` of a random 0.5 um/px slide with 4 spots; returns the embeddings."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (3, 640, 640), dtype=np.uint8)
+    centres = 320 + rng.uniform(-100, 100, (4, 2))
+    sdata = build_sdata(image, centres, sample="S", mpp=0.5, spot_diameter_px=110.0, spot_ids=list("abcd"))
+    hd.tl.embed(sdata, models=[name], weights={name: weights}, batch_size=2, device="cpu")
+    return sdata.tables[Key.tables.table].obsm[Key.obsm.embedding(name)]
 
 
 def test_dinov2_file_converts_to_timm_and_gives_the_same_class_token(tmp_path):
@@ -100,6 +113,8 @@ def test_phikon2_official_file_loads_strictly_and_matches_transformers(tmp_path)
         expected = source(pixel_values=encoder.preprocess(patches)).last_hidden_state[:, 0]
         torch.testing.assert_close(encoder(patches), expected, rtol=1e-4, atol=1e-4)
     assert expected.shape == (2, 1024)
+    embedding = embed_four_spots("phikon2", tmp_path / "model.safetensors")
+    assert embedding.shape == (4, 1024) and np.isfinite(embedding).all()
 
 
 @pytest.mark.slow  # about a minute: a ViT-L/16 at 448 px and its 1.2 GB file
@@ -120,3 +135,5 @@ def test_conch15_official_file_loads_strictly(tmp_path):
     torch.testing.assert_close(
         encoder.model.trunk.pos_embed.detach(), dino_resample_pos_embed(trunk.pos_embed.detach(), 28)
     )
+    embedding = embed_four_spots("conch15", tmp_path / "conch_v1_5_pytorch_model.bin")
+    assert embedding.shape == (4, 768) and np.isfinite(embedding).all()

@@ -1,5 +1,7 @@
 import hashlib
 import os
+import pickle
+import zipfile
 
 import pytest
 import torch
@@ -8,6 +10,7 @@ from torch import nn
 
 import histodecon as hd
 from histodecon._constants import Key
+from histodecon.encoders._weights import EXPECTED_FORMAT, _first_line, read_state_dict, weights_format
 
 
 def tiny_model() -> nn.Module:
@@ -125,3 +128,68 @@ def test_missing_weights_say_where_to_put_them(tmp_path, monkeypatch):
 def test_missing_weights_without_weights_dir_name_the_variable():
     with pytest.raises(FileNotFoundError, match=r"at \$HISTODECON_WEIGHTS_DIR/conch/pytorch_model\.bin"):
         hd.encoders.load("conch")
+
+
+# ------------------------------------------------------------------------ damaged or wrong-format files
+def _truncated(save):
+    def write(path):
+        save(path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+    return write
+
+
+def _state():
+    return tiny_model().state_dict()
+
+
+@pytest.mark.parametrize(
+    ("name", "write", "problem"),
+    [
+        ("tiny.bin", lambda p: p.write_bytes(b""), r"is empty \(0 bytes\)"),
+        ("tiny.safetensors", lambda p: p.write_bytes(b""), r"is empty \(0 bytes\)"),
+        ("tiny.safetensors", _truncated(lambda p: save_file(_state(), p)), r"truncated or corrupt safetensors file"),
+        ("tiny.safetensors", lambda p: p.write_bytes(b"\x40\0\0\0\0\0\0\0{}"), r"starts like a safetensors file but"),
+        ("tiny.bin", _truncated(lambda p: torch.save(_state(), p)), r"zip checkpoint but is truncated or corrupt"),
+        ("tiny.pth", _truncated(lambda p: torch.save(_state(), p)), r"zip checkpoint but is truncated or corrupt"),
+        ("tiny.safetensors", lambda p: p.write_bytes(pickle.dumps(_state())), r"is a pickle"),
+        ("tiny.bin", lambda p: torch.save(_state(), p, _use_new_zipfile_serialization=False), r"is a pickle"),
+        ("tiny.bin", lambda p: p.write_bytes(b"<html>Access denied</html>"), r"is in an unknown format"),
+        ("tiny.bin", lambda p: p.mkdir(), r"is a folder, not a weights file"),
+    ],
+)
+def test_damaged_or_wrong_format_files_name_the_file_and_the_format(tmp_path, name, write, problem):
+    path = tmp_path / name
+    write(path)
+    with pytest.raises(ValueError, match=problem) as error:
+        read_state_dict(path)
+    message = str(error.value)
+    assert str(path) in message
+    assert EXPECTED_FORMAT in message
+    assert EXPECTED_FORMAT == "a safetensors file or a PyTorch zip checkpoint saved with torch.save"
+
+
+def test_a_pickle_renamed_safetensors_is_never_unpickled(tiny, tmp_path):
+    marker = tmp_path / "pwned"
+    (tmp_path / "tiny.safetensors").write_bytes(pickle.dumps({"0.weight": RunsCode(marker)}))
+    with pytest.raises(ValueError, match=r"tiny\.safetensors is a pickle .*Pickles are never read"):
+        hd.encoders.load("tiny", weights=tmp_path / "tiny.safetensors")
+    assert not marker.exists()
+
+
+def test_format_comes_from_the_content_not_the_name(tiny, source, patches, tmp_path):
+    """A safetensors file named ``.bin`` (as some repositories name theirs) reads as safetensors, and back."""
+    save_file(source.state_dict(), tmp_path / "tiny.bin")
+    assert_same_outputs(hd.encoders.load("tiny", weights=tmp_path / "tiny.bin", device="cpu"), source, patches)
+    torch.save(source.state_dict(), tmp_path / "zip.safetensors")
+    assert weights_format(tmp_path / "zip.safetensors") == "zip"
+
+
+def test_an_empty_exception_message_is_reported_not_raised_again(tmp_path):
+    """A zip that is no torch checkpoint: torch's error is wrapped (the former handler failed on empty messages)."""
+    with zipfile.ZipFile(tmp_path / "tiny.bin", "w") as archive:
+        archive.writestr("notes.txt", "not a checkpoint")
+    with pytest.raises(ValueError, match=r"Refusing to read .*tiny\.bin: it is not a plain tensor checkpoint \(\w+"):
+        read_state_dict(tmp_path / "tiny.bin")
+    assert _first_line(EOFError()) == "EOFError"
+    assert _first_line(RuntimeError("\nsecond line")) == "RuntimeError: second line"

@@ -32,7 +32,7 @@ def _slide(seed=0, side=15, samples=("s",), k=4):
         tables.append(t)
     adata = ad.concat(tables)
     adata.obs["sample"] = pd.Categorical(adata.obs["sample"])
-    adata.uns["histodecon"] = {"samples": {s: {"mpp": 0.5} for s in samples}}
+    adata.uns["histodecon"] = {"samples": {s: {"mpp": 0.5, "spot_diameter_px": 110.0} for s in samples}}
     hd.gr.rbf_graph(adata, length_scale_um=120)
     return adata
 

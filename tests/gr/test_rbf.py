@@ -2,6 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from anndata import AnnData
+from scipy.spatial import cKDTree
 from scipy.spatial.distance import cdist
 
 import histodecon as hd
@@ -16,7 +17,7 @@ def _table(xy, samples=None, mpp=None):
     if samples is not None:
         adata.obs["sample"] = pd.Categorical(samples)
     if mpp is not None:
-        adata.uns["histodecon"] = {"samples": {s: {"mpp": m} for s, m in mpp.items()}}
+        adata.uns["histodecon"] = {"samples": {s: {"mpp": m, "spot_diameter_px": 55 / m} for s, m in mpp.items()}}
     return adata
 
 
@@ -125,3 +126,67 @@ def test_missing_mpp_and_coordinates():
     del adata.obsm["spatial"]
     with pytest.raises(KeyError, match="spatial"):
         hd.gr.rbf_graph(adata, length_scale_px=1)
+
+
+def _reference_weights(xy, length_scale_px, cutoff=0.2):
+    """The shortest scipy route to the weights (benchmarks/moran.py times against it)."""
+    tree = cKDTree(xy)
+    W = tree.sparse_distance_matrix(tree, truncation_radius(length_scale_px, cutoff), output_type="coo_matrix")
+    W.data = np.exp(-(W.data**2) / (2.0 * length_scale_px**2))
+    W = W.tocsr()
+    W *= len(xy) / W.sum()
+    return W
+
+
+def _jittered_hex_grid(n, pitch, seed):
+    side = int(np.ceil(np.sqrt(n)))
+    rows, cols = np.divmod(np.arange(n), side)
+    xy = np.stack([(cols + 0.5 * (rows % 2)) * pitch, rows * pitch * np.sqrt(3) / 2], axis=1)
+    return xy + np.random.default_rng(seed).normal(scale=0.05 * pitch, size=xy.shape)
+
+
+def test_weights_distances_and_moran_equal_the_scipy_reference():
+    xy = _jittered_hex_grid(2000, 200.0, seed=3)  # Visium pitch (100 um) at 0.5 um/px
+    abund = np.exp(np.random.default_rng(4).normal(size=(len(xy), 6)))
+    adata = _table(xy, ["s"] * len(xy), {"s": 0.5})
+    adata.obsm["abund"] = abund
+    abund_before = abund.copy()
+    hd.gr.rbf_graph(adata)  # 240 um = 480 px
+    hd.gr.moran_r(adata, key="abund")
+    W_ref = _reference_weights(xy, 480.0)
+    W = adata.obsp["rbf_connectivities"]
+    assert W.has_canonical_format and W.nnz == W_ref.nnz
+    assert abs(W - W_ref).max() < 1e-12
+    Z = (abund - abund.mean(axis=0)) / abund.std(axis=0)
+    R_ref = Z.T @ (W_ref @ Z) / W_ref.sum()
+    np.testing.assert_allclose(adata.uns["abund_moranR"]["R"].to_numpy(), R_ref, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(adata.obsm["abund"], abund_before)  # z-scored a copy, not the table
+    D = adata.obsp["rbf_distances"]
+    assert D.has_canonical_format and D.nnz == W.nnz - len(xy)
+    i, j = D.nonzero()
+    np.testing.assert_allclose(D.data, np.linalg.norm(xy[i] - xy[j], axis=1), rtol=1e-12)
+
+
+def test_interleaved_samples_match_each_sample_alone():
+    # Two samples' spots interleaved in the table, each its own block, scaled to its size.
+    xy = np.concatenate([_jittered_hex_grid(300, 200.0, seed=5), _jittered_hex_grid(200, 100.0, seed=6)])
+    samples = np.array(["a"] * 300 + ["b"] * 200)
+    order = np.random.default_rng(7).permutation(500)
+    adata = _table(xy[order], samples[order], {"a": 0.5, "b": 1.0})
+    hd.gr.rbf_graph(adata)
+    W = adata.obsp["rbf_connectivities"]
+    for name, length_px in (("a", 480.0), ("b", 240.0)):
+        rows = np.flatnonzero(samples[order] == name)
+        expected = _reference_weights(xy[order][rows], length_px)
+        assert abs(W[rows][:, rows] - expected).max() < 1e-12
+    assert W.sum() == pytest.approx(500)
+
+
+def test_badly_scaled_coordinates_refused_before_the_graph():
+    # Array indices instead of pixels: every spot within the radius of every other.
+    side = np.arange(60)
+    xy = np.stack(np.meshgrid(side, side), -1).reshape(-1, 2) * 0.01
+    adata = _table(xy, ["s"] * len(xy), {"s": 0.5})
+    with pytest.raises(ValueError, match="not full-resolution pixels"):
+        hd.gr.rbf_graph(adata)
+    assert "rbf_connectivities" not in adata.obsp

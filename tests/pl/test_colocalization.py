@@ -23,7 +23,7 @@ def adata(monkeypatch):
     a = AnnData(np.zeros((len(xy), 0), dtype=np.float32))
     a.obs["sample"] = pd.Categorical(["s"] * len(xy))
     a.obsm["spatial"] = xy
-    a.uns["histodecon"] = {"samples": {"s": {"mpp": 0.5}}}
+    a.uns["histodecon"] = {"samples": {"s": {"mpp": 0.5, "spot_diameter_px": 100.0}}}
     a.obsm["abund"] = pd.DataFrame(np.exp(fields), index=a.obs_names, columns=TYPES)
     pred = np.exp(fields + rng.normal(0, 0.3, fields.shape))
     a.obsm["pred_abund"] = pd.DataFrame(pred[:, ::-1], index=a.obs_names, columns=TYPES[::-1])
@@ -104,3 +104,95 @@ def test_cluster_order_known_blocks():
     order, link = cluster_order(R, "average")
     assert {frozenset(order[:2]), frozenset(order[2:])} == {frozenset("ac"), frozenset("bd")}
     assert link[0, 2] == pytest.approx(0)  # b-d, the most colocalised pair, joins first
+
+
+@pytest.fixture(scope="module")
+def squidpy_slide():
+    """A synthetic slide's abundances with squidpy's three cluster statistics on the dominant cell type."""
+    import squidpy as sq
+
+    sdata = hd.datasets.synthetic(n_spots=300, seed=3, counts=False)
+    hd.gr.rbf_graph(sdata, length_scale_um=150)
+    hd.gr.moran_r(sdata, key="abund")
+    adata = hd.get.abundances(sdata, "abund")
+    adata.obs["dominant"] = adata.to_df().idxmax(axis=1).astype("category")
+    sq.gr.nhood_enrichment(adata, cluster_key="dominant", connectivity_key="rbf", n_perms=100, seed=0)
+    sq.gr.co_occurrence(adata, cluster_key="dominant", interval=np.array([0.0, 150.0, 300.0, 600.0]))
+    sq.gr.interaction_matrix(adata, cluster_key="dominant", connectivity_key="rbf")
+    return adata
+
+
+def test_squidpy_panels_matched_by_name_with_one_scale_per_kind(squidpy_slide):
+    adata = squidpy_slide
+    keys = ["abund", "dominant_nhood_enrichment", "dominant_co_occurrence", "dominant_interactions"]
+    fig = hd.pl.colocalization(adata, keys=keys, distance=280)
+    heatmaps = _heatmaps(fig)
+    assert len(heatmaps) == 4
+    order, _ = cluster_order(adata.uns["abund_moranR"]["R"], "average")
+    for ax in heatmaps:  # one row / column order for all, clustered on Moran's R
+        assert [t.get_text() for t in ax.get_xticklabels()] == order
+    clusters = adata.obs["dominant"].cat.categories.astype(str)
+    expected = {
+        1: adata.uns["dominant_nhood_enrichment"]["zscore"],
+        2: adata.uns["dominant_co_occurrence"]["occ"][:, :, 1],  # radius 300, the nearest to 280
+        3: adata.uns["dominant_interactions"],
+    }
+    for panel, values in expected.items():
+        frame = pd.DataFrame(values, index=clusters, columns=clusters).reindex(index=order, columns=order)
+        np.testing.assert_allclose(heatmaps[panel].get_images()[0].get_array().filled(np.nan), frame.to_numpy())
+    assert any("d ≤ 300" in ax.get_title() for ax in fig.axes)
+    # One colour bar per kind, each with its own scale: R and z about 0, the ratio about 1, counts from 0.
+    colorbars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(colorbars) == 4
+    norms = [ax.get_images()[0].norm for ax in heatmaps]
+    assert norms[0].vmin == -norms[0].vmax and norms[1].vmin == -norms[1].vmax
+    assert norms[2].vmin + norms[2].vmax == pytest.approx(2.0)
+    assert norms[3].vmin == 0
+    assert len({(n.vmin, n.vmax) for n in norms}) == 4
+
+
+def test_cluster_panel_lacking_a_type_is_grey_and_unknown_labels_refused(squidpy_slide):
+    import squidpy as sq
+
+    adata = squidpy_slide.copy()
+    # Fold the tumour spots into another cluster: tumour is then never a cluster, its row and column grey.
+    merged = adata.obs["dominant"].astype(str).replace("tumour", "lymphocyte")
+    adata.obs["merged"] = merged.astype("category")
+    sq.gr.nhood_enrichment(adata, cluster_key="merged", connectivity_key="rbf", n_perms=20, seed=0)
+    fig = hd.pl.colocalization(adata, keys=["abund", "merged_nhood_enrichment"])
+    z = _heatmaps(fig)[1].get_images()[0].get_array()
+    types = [t.get_text() for t in _heatmaps(fig)[1].get_xticklabels()]
+    tumour = types.index("tumour")
+    assert z.mask[tumour].all() and z.mask[:, tumour].all()
+    clusters = adata.obs["merged"].cat.categories
+    frame = pd.DataFrame(adata.uns["merged_nhood_enrichment"]["zscore"], index=clusters, columns=clusters)
+    expected = frame.reindex(index=types, columns=types).to_numpy()
+    np.testing.assert_allclose(z.filled(np.nan), np.where(np.isfinite(expected), expected, np.nan))  # inf: grey
+    adata.obs["dominant"] = adata.obs["dominant"].cat.rename_categories(lambda c: f"cluster {c}")
+    with pytest.raises(ValueError, match="matched by name"):
+        hd.pl.colocalization(adata, keys=["abund", "dominant_nhood_enrichment"])
+    with pytest.raises(ValueError, match="distance="):
+        hd.pl.colocalization(squidpy_slide, keys=["abund", "dominant_co_occurrence"])
+    with pytest.raises(KeyError, match="not a squidpy result"):
+        hd.pl.colocalization(squidpy_slide, keys=["abund", "dominant_centrality_scores"])
+
+
+def test_scanpy_style_arguments(adata, tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+    import scanpy as sc
+
+    fig, axes = plt.subplots(1, 2)
+    drawn = hd.pl.colocalization(adata, ax=axes, return_fig=False)
+    assert drawn == list(axes) and _heatmaps(fig) == list(axes)
+    shown = []
+    monkeypatch.setattr(plt, "show", lambda: shown.append(True))
+    assert hd.pl.colocalization(adata, show=True) is None and shown == [True]
+    figdir, file_format = sc.settings.figdir, sc.settings.file_format_figs
+    sc.settings.figdir, sc.settings.file_format_figs = tmp_path, "png"
+    try:
+        hd.pl.colocalization(adata, save=True)
+    finally:
+        sc.settings.figdir, sc.settings.file_format_figs = figdir, file_format
+    assert imread(tmp_path / "colocalization.png").std() > 0.05
+    with pytest.raises(ValueError, match="one per panel"):
+        hd.pl.colocalization(adata, ax=axes[:1])

@@ -82,3 +82,54 @@ def test_cross_validate_result_draws_its_summary(cv_results):
         np.testing.assert_allclose(np.sort(offsets[0][:, 1]), np.sort(offsets[1][:, 1]))
     with pytest.raises(TypeError, match="cross_validate"):
         hd.pl.scores(summary.to_dict())
+
+
+@pytest.fixture
+def with_baselines():
+    rows = []
+    for c, config in enumerate(["uni", "conch+uni"]):
+        for model, shift in (("mlp", 0.3), ("mean", 0.0), ("ridge", 0.2)):
+            for fold, slide in enumerate(SLIDES):
+                cc = np.nan if model == "mean" else 0.1 * c + shift + 0.01 * fold
+                rows.append({"configuration": config, "model": model, "fold": fold, "sample": slide, "cc": cc})
+                rows[-1]["l1"] = 0.8 - shift - 0.1 * c + 0.01 * fold
+    return pd.DataFrame(rows)
+
+
+def test_baselines_are_drawn_beside_the_regressor(with_baselines):
+    fig = hd.pl.scores(with_baselines)
+    table = per_slide(with_baselines, ["cc", "l1"])
+    for ax, metric in zip(fig.axes, ["cc", "l1"], strict=True):
+        assert [t.get_text() for t in ax.get_legend().texts] == ["mlp", "mean", "ridge"]
+        assert [h.get_hatch() for h in ax.get_legend().get_patches()] == ["", "//", ".."]
+        drawn = ["mlp", "ridge"] if metric == "cc" else ["mlp", "mean", "ridge"]  # the mean has no CC
+        assert [len(c.boxes) for c in ax.containers] == [2] * len(drawn)  # one box per configuration
+        hatches = [{box.get_hatch() or "" for box in c.boxes} for c in ax.containers]
+        assert hatches == [{{"mlp": "", "mean": "//", "ridge": ".."}[m]} for m in drawn]
+        colours = [tuple(c.boxes[0].get_facecolor()) for c in ax.containers]
+        assert len(set(colours)) == len(drawn)
+        # the points of each model and configuration sit on its box, at its slides' values
+        points = [c.get_offsets() for c in ax.collections if len(c.get_offsets())]
+        assert len(points) == 2 * len(drawn)
+        for k, offsets in enumerate(points):
+            configuration, m = ["uni", "conch+uni"][k // len(drawn)], k % len(drawn)
+            box = ax.containers[m].boxes[k // len(drawn)].get_path().vertices[:, 0]
+            assert box.min() < offsets[:, 0].min() and offsets[:, 0].max() < box.max()
+            rows = table[(table["configuration"] == configuration) & (table["model"] == drawn[m])]
+            np.testing.assert_allclose(np.sort(offsets[:, 1]), np.sort(rows[metric].to_numpy()))
+    # the regressor's boxes sit left of the baselines' within each configuration
+    l1 = fig.axes[1]
+    left = [[box.get_path().vertices[:, 0].min() for box in c.boxes] for c in l1.containers]
+    assert left[0][0] < left[1][0] < left[2][0] < 0.5 < left[0][1]
+
+
+def test_models_choose_which_to_draw(with_baselines):
+    fig = hd.pl.scores(with_baselines, metrics="l1", models=["ridge", "mlp"])
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().texts] == ["ridge", "mlp"]
+    points = np.concatenate([c.get_offsets()[:, 1] for c in ax.collections if len(c.get_offsets())])
+    assert len(points) == 2 * 2 * len(SLIDES)
+    one = hd.pl.scores(with_baselines, metrics="l1", models="mlp")
+    assert one.axes[0].get_legend() is None and len(one.axes[0].collections) > 0
+    with pytest.raises(ValueError, match=r"`models` names \['lasso'\]"):
+        hd.pl.scores(with_baselines, models=["mlp", "lasso"])

@@ -98,3 +98,16 @@ def test_errors(sdata):
     table.obs["sample"] = pd.Categorical(["a", "b"] * (table.n_obs // 2))
     with pytest.raises(ValueError, match="sample="):
         hd.pl.spatial_abundance(two, "tumour")
+
+
+def test_scanpy_style_arguments(sdata):
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2)
+    drawn = hd.pl.spatial_abundance(sdata, ["tumour", "fibroblast"], ax=axes, return_fig=False, max_image_px=200)
+    assert drawn == list(axes.ravel())
+    assert [ax.get_title() for ax in drawn[:2]] == ["tumour", "fibroblast"]
+    spots = next(c for c in drawn[3].collections if isinstance(c, EllipseCollection))
+    np.testing.assert_allclose(spots.get_array(), sdata.tables["table"].obsm["pred_abund"]["fibroblast"])
+    with pytest.raises(ValueError, match="one per key and cell type"):
+        hd.pl.spatial_abundance(sdata, "tumour", ax=axes)

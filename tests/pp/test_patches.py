@@ -1,9 +1,9 @@
 import pickle
 
-import anndata as ad
 import dask.array as da
 import numpy as np
 import pytest
+import spatialdata
 from PIL import Image
 from spatialdata import SpatialData
 
@@ -120,11 +120,8 @@ def test_several_samples_read_their_own_image(slide_from_image):
         slide_from_image(img, centres, sample=name, mpp=m, spot_diameter_px=50, spot_ids=[f"{name}_a", f"{name}_b"])
         for img, name, m in [(one, "A", 0.5), (two, "B", 1.0)]
     ]
-    table = ad.concat([s.tables["table"] for s in slides])
-    table.uns["histodecon"] = {"samples": {**slides[0].tables["table"].uns["histodecon"]["samples"]}}
-    table.uns["histodecon"]["samples"].update(slides[1].tables["table"].uns["histodecon"]["samples"])
-    table = table[[2, 0, 3, 1]].copy()  # interleave the samples
-    sdata = SpatialData(images={**slides[0].images, **slides[1].images}, tables={"table": table})
+    sdata = spatialdata.concatenate(slides, concatenate_tables=True)  # drops the uns cache: geometry from elements
+    sdata.tables["table"] = sdata.tables["table"][[2, 0, 3, 1]].copy()  # interleave the samples
     patches = hd.pp.spot_patches(sdata, size=40)
     got = patches[:]
     for k, (img, (x, y)) in enumerate([(two, centres[0]), (one, centres[0]), (two, centres[1]), (one, centres[1])]):
@@ -173,9 +170,12 @@ def test_bad_input(slide, slide_from_image):
         hd.pp.spot_patches(sdata, mpp=-1.0)
     with pytest.raises(KeyError, match="table"):
         hd.pp.spot_patches(sdata, table_key="nope")
-    missing = SpatialData(tables={"table": sdata.tables["table"]})
-    with pytest.raises(KeyError, match="S_image"):
-        hd.pp.spot_patches(missing)
+    no_image = SpatialData(shapes=dict(sdata.shapes), tables={"table": sdata.tables["table"]})
+    with pytest.raises(ValueError, match=r"No image shares coordinate system 'S' with the spots 'S_spots'.*image_key="):
+        hd.pp.spot_patches(no_image)
+    no_shapes = SpatialData(images=dict(sdata.images), tables={"table": sdata.tables["table"]})
+    with pytest.raises(ValueError, match=r"annotates shapes 'S_spots' for sample 'S', which the SpatialData lacks"):
+        hd.pp.spot_patches(no_shapes)
     wide = slide_from_image(image.astype(np.uint16), centres, sample="S", mpp=0.5, spot_diameter_px=60)
     with pytest.raises(ValueError, match="uint8"):
         hd.pp.spot_patches(wide)

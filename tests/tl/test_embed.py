@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from spatialdata.models import Image2DModel
+from spatialdata.transformations import get_transformation
 from torch import nn
 
 import histodecon as hd
@@ -161,7 +163,7 @@ def test_store_resumes_an_interrupted_run_with_identical_results(monkeypatch, tm
 def test_store_of_other_spots_or_models_is_refused(mean_rgb, tmp_path):
     store = tmp_path / "emb.zarr"
     hd.tl.embed(make_slide(), models="mean_rgb", device="cpu", store=store)
-    with pytest.raises(ValueError, match="n_obs: store 23 vs now 9"):
+    with pytest.raises(ValueError, match=r"another slide.*number of spots \(store 23, now 9\); spot names"):
         hd.tl.embed(make_slide(n_spots=9), models="mean_rgb", device="cpu", store=store)
     hd.encoders.register(
         hd.encoders.Encoder(
@@ -169,8 +171,97 @@ def test_store_of_other_spots_or_models_is_refused(mean_rgb, tmp_path):
         ),
         overwrite=True,
     )
-    with pytest.raises(ValueError, match="patch_size: store 16 vs now 8"):
+    with pytest.raises(ValueError, match=r"patch_size \(store 16, now 8\)"):
         hd.tl.embed(make_slide(), models="mean_rgb", device="cpu", store=store)
+
+
+def relabelled_slide(seed: int, names_of: int = 0):
+    """A slide of ``seed`` whose spots carry the names and sample of the slide of seed ``names_of``."""
+    sdata = make_slide(seed=seed)
+    sdata.tables["table"].obs_names = make_slide(seed=names_of).tables["table"].obs_names
+    return sdata
+
+
+def test_store_of_another_slide_with_the_same_spot_names_is_refused(mean_rgb, tmp_path):
+    store = tmp_path / "emb.zarr"
+    hd.tl.embed(make_slide(seed=0), models="mean_rgb", device="cpu", store=store)
+    other = relabelled_slide(seed=1)  # same sample and spot names (as legacy ST ids), other spots and image
+    assert list(other.tables["table"].obs_names) == list(make_slide(seed=0).tables["table"].obs_names)
+    calls = mean_rgb.calls
+    with pytest.raises(ValueError, match=r"another slide.*spot coordinates .*image pixels under 16 spots"):
+        hd.tl.embed(other, models="mean_rgb", device="cpu", store=store)
+    assert "X_mean_rgb" not in other.tables["table"].obsm and mean_rgb.calls == calls
+
+
+def test_store_of_the_same_spots_on_another_image_is_refused(mean_rgb, tmp_path):
+    store = tmp_path / "emb.zarr"
+    hd.tl.embed(make_slide(seed=0), models="mean_rgb", device="cpu", store=store)
+    other = make_slide(seed=0)
+    (key,) = other.images
+    element = other.images[key]
+    transformations = get_transformation(element, get_all=True)
+    other.images[key] = Image2DModel.parse(255 - element.data, dims=("c", "y", "x"), transformations=transformations)
+    with pytest.raises(ValueError, match=r"what differs: image pixels under 16 spots \(store '\w{12}', now"):
+        hd.tl.embed(other, models="mean_rgb", device="cpu", store=store)
+
+
+@pytest.mark.parametrize("damage", ["deleted", "corrupted", "garbled"])
+def test_a_lost_or_corrupted_chunk_is_named_and_recomputed(mean_rgb, tmp_path, damage):
+    store = tmp_path / "emb.zarr"
+    one_shot = make_slide()
+    hd.tl.embed(one_shot, models="mean_rgb", batch_size=5, device="cpu", store=store)
+    chunk = store / "mean_rgb" / "embedding" / "c" / "1" / "0"  # spots 5-9
+    if damage == "deleted":
+        chunk.unlink()
+    elif damage == "corrupted":  # not zstd at all: decompression fails
+        chunk.write_bytes(b"not a zstd frame")
+    else:  # valid zstd header, damaged payload: decompresses to wrong values
+        data = bytearray(chunk.read_bytes())
+        data[len(data) // 2 :] = b"\xff" * (len(data) - len(data) // 2)
+        chunk.write_bytes(bytes(data))
+
+    resumed = make_slide()
+    calls = mean_rgb.calls
+    named = r"emb\.zarr' lost the 'mean_rgb' embeddings of [1-5] spots marked done \(e\.g\. \[.*'S_9'\]\)"
+    with pytest.warns(UserWarning, match=named):  # garbled: only the rows whose bytes changed
+        hd.tl.embed(resumed, models="mean_rgb", batch_size=5, device="cpu", store=store)
+    assert mean_rgb.calls == calls + 1  # only the lost batch
+    expected = one_shot.tables["table"].obsm["X_mean_rgb"]
+    np.testing.assert_array_equal(resumed.tables["table"].obsm["X_mean_rgb"], expected)
+    assert not (resumed.tables["table"].obsm["X_mean_rgb"] == 0).all(axis=1).any()
+
+    again = make_slide()  # the store is whole again: nothing is recomputed, nothing warned
+    calls = mean_rgb.calls
+    hd.tl.embed(again, models="mean_rgb", batch_size=5, device="cpu", store=store)
+    assert mean_rgb.calls == calls
+    np.testing.assert_array_equal(again.tables["table"].obsm["X_mean_rgb"], expected)
+
+
+def test_a_corrupted_done_mask_is_recomputed(mean_rgb, tmp_path):
+    store = tmp_path / "emb.zarr"
+    one_shot = make_slide()
+    hd.tl.embed(one_shot, models="mean_rgb", batch_size=5, device="cpu", store=store)
+    (store / "mean_rgb" / "done" / "c" / "2").write_bytes(b"garbage")
+    resumed = make_slide()
+    with pytest.warns(UserWarning, match=r"lost the 'mean_rgb' embeddings of 5 spots .*\['S_10'"):
+        hd.tl.embed(resumed, models="mean_rgb", batch_size=5, device="cpu", store=store)
+    np.testing.assert_array_equal(
+        resumed.tables["table"].obsm["X_mean_rgb"], one_shot.tables["table"].obsm["X_mean_rgb"]
+    )
+
+
+def test_every_slide_is_checked_before_anything_is_written(mean_rgb, tmp_path):
+    slide = make_slide()
+    with pytest.raises(ValueError, match=r"same slide is listed twice .*positions 0 and 1"):
+        hd.tl.embed([slide, slide], models="mean_rgb", device="cpu")
+    good, repeated = make_slide(seed=1), make_slide(seed=2)
+    repeated.tables["table"].obs_names = ["S_0"] * 23
+    with pytest.raises(ValueError, match=r"spot names \(`obs_names`\) of slide 1 are not unique; repeated: \['S_0'\]"):
+        hd.tl.embed([good, repeated], models="mean_rgb", device="cpu", store=[tmp_path / "a", tmp_path / "b"])
+    with pytest.raises(ValueError, match="same path"):
+        hd.tl.embed([good, make_slide(seed=3)], models="mean_rgb", device="cpu", store=[tmp_path / "a"] * 2)
+    assert mean_rgb.calls == 0 and not any(tmp_path.iterdir())
+    assert all("X_mean_rgb" not in s.tables["table"].obsm for s in (slide, good, repeated))
 
 
 @pytest.mark.parametrize(
@@ -238,3 +329,118 @@ def test_a_killed_run_resumes_from_its_store(mean_rgb, tmp_path):
     one_shot = make_slide()
     hd.tl.embed(one_shot, models="mean_rgb", batch_size=2, device="cpu")
     assert np.array_equal(sdata.tables["table"].obsm["X_mean_rgb"], one_shot.tables["table"].obsm["X_mean_rgb"])
+
+
+FIELD = 8
+
+
+@pytest.fixture
+def flat(monkeypatch):
+    """Register ``flat``: the patch itself, resized to 8 px, flattened (c, y, x) in [0, 1]; its own field 8 px at 0.5."""
+    monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))
+    entry = hd.encoders.Encoder(
+        name="flat",
+        dim=3 * FIELD * FIELD,
+        build=nn.Flatten,
+        input_size=FIELD,
+        patch_size=FIELD,
+        mpp=0.5,
+        mean=None,
+        std=None,
+    )
+    return hd.encoders.register(entry)
+
+
+def field_slide():
+    """A 1 um/px textured slide whose spots lie well inside the image, at non-integer centres."""
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (3, 60, 80), dtype=np.uint8)
+    centres = np.array([[20.3, 15.6], [40.7, 30.2], [61.1, 44.9]])
+    return build_sdata(image, centres, sample="F", mpp=1.0, spot_diameter_px=10.0), image, centres
+
+
+def test_native_pixels_are_the_direct_crop_of_the_image(flat):
+    sdata, image, centres = field_slide()
+    hd.tl.embed(sdata, models="flat", mpp=None, device="cpu")
+    table = sdata.tables["table"]
+    for row, (x, y) in zip(table.obsm["X_flat"], centres, strict=True):
+        x0, y0 = round(x - FIELD / 2), round(y - FIELD / 2)
+        np.testing.assert_allclose(row, image[:, y0 : y0 + FIELD, x0 : x0 + FIELD].ravel() / 255, atol=1e-6)
+    record = table.uns["histodecon"]["embeddings"]["flat"]
+    assert (record["patch_size"], record["mpp"], record["input_size"]) == (FIELD, None, FIELD)
+    assert hd.encoders.get("flat") == flat  # the registry entry is left as it is
+
+
+def test_mpp_and_patch_size_choose_the_field(flat):
+    sdata, image, _ = field_slide()
+    table = sdata.tables["table"]
+    embedded = {}
+    for patch_size, mpp in ((FIELD, 1.0), (FIELD, 0.5), ("encoder", "encoder"), (2 * FIELD, 1.0)):
+        hd.tl.embed(sdata, models="flat", patch_size=patch_size, mpp=mpp, device="cpu", overwrite=True)
+        record = table.uns["histodecon"]["embeddings"]["flat"]
+        size, field_mpp = (FIELD, 0.5) if patch_size == "encoder" else (patch_size, mpp)
+        assert (record["patch_size"], record["mpp"]) == (size, field_mpp)
+        patches = hd.pp.spot_patches(sdata, size=size, mpp=field_mpp)[:]
+        if size == FIELD:
+            np.testing.assert_allclose(
+                table.obsm["X_flat"], patches.transpose(0, 3, 1, 2).reshape(3, -1) / 255, atol=1e-6
+            )
+        embedded[patch_size, mpp] = table.obsm["X_flat"].copy()
+    # 8 um at 1 um/px and 4 um at 0.5 um/px are other fields; the encoder's own is 0.5 um/px
+    assert np.abs(embedded[FIELD, 1.0] - embedded[FIELD, 0.5]).mean() > 0.05
+    np.testing.assert_array_equal(embedded["encoder", "encoder"], embedded[FIELD, 0.5])
+    # 16 px at 1 um/px, resized to the 8 px input: a 16 um field, not the 8 um one
+    assert np.abs(embedded[2 * FIELD, 1.0] - embedded[FIELD, 1.0]).mean() > 0.05
+
+
+def test_the_field_record_is_written_by_spatialdata_and_h5ad(flat, tmp_path):
+    from anndata import read_h5ad
+    from spatialdata import read_zarr
+
+    sdata, _, _ = field_slide()
+    hd.tl.embed(sdata, models="flat", mpp=None, patch_size=6, device="cpu")
+    sdata.write(tmp_path / "slide.zarr")
+    sdata.tables["table"].write_h5ad(tmp_path / "table.h5ad")
+    for table in (read_zarr(tmp_path / "slide.zarr").tables["table"], read_h5ad(tmp_path / "table.h5ad")):
+        record = table.uns["histodecon"]["embeddings"]["flat"]
+        assert record["mpp"] is None and record["patch_size"] == 6
+
+
+def test_a_store_of_another_field_is_refused(flat, tmp_path):
+    sdata, _, _ = field_slide()
+    store = tmp_path / "emb.zarr"
+    hd.tl.embed(sdata, models="flat", device="cpu", store=store)
+    with pytest.raises(ValueError, match="patch_size"):
+        hd.tl.embed(sdata, models="flat", patch_size=6, device="cpu", store=store, overwrite=True)
+
+
+@pytest.mark.parametrize(
+    ("field", "match"),
+    [
+        ({"patch_size": 0}, "`patch_size` must be a positive integer"),
+        ({"patch_size": 22.5}, "`patch_size` must be a positive integer"),
+        ({"mpp": -0.5}, "`mpp` must be a positive number"),
+        ({"mpp": "native"}, "`mpp` must be a positive number"),
+    ],
+)
+def test_a_bad_field_is_refused_before_anything_is_read(flat, field, match):
+    sdata, _, _ = field_slide()
+    with pytest.raises((ValueError, TypeError), match=match):
+        hd.tl.embed(sdata, models="flat", device="cpu", **field)
+    assert "X_flat" not in sdata.tables["table"].obsm
+
+
+def test_embed_many_reads_the_same_field(flat, tmp_path):
+    one, _, _ = field_slide()
+    many, _, _ = field_slide()
+    hd.tl.embed(one, models="flat", patch_size=6, mpp=None, device="cpu")
+    hd.tl.embed_many([many], models="flat", patch_size=6, mpp=None, stores=tmp_path, device="cpu")
+    tables = one.tables["table"], many.tables["table"]
+    np.testing.assert_array_equal(tables[0].obsm["X_flat"], tables[1].obsm["X_flat"])
+    for table in tables:
+        record = table.uns["histodecon"]["embeddings"]["flat"]
+        assert (record["patch_size"], record["mpp"]) == (6, None)
+    assert hd.encoders.get("flat") == flat
+    with pytest.raises(ValueError, match="`mpp` must be a positive number"):
+        hd.tl.embed_many([many], models="flat", mpp=0, stores=tmp_path / "other", device="cpu", overwrite=True)
+    assert not (tmp_path / "other").exists()

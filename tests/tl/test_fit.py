@@ -8,6 +8,7 @@ from anndata import AnnData
 import histodecon as hd
 from histodecon._constants import Key
 from histodecon.io._build import build_sdata
+from histodecon.tl._inputs import InputOptions, spot_inputs
 from histodecon.tl._spots import spot_table
 
 CELL_TYPES = ["tumour", "T cells", "fibroblasts"]
@@ -33,7 +34,7 @@ def make_slide(sample, n=200, seed=0, patient=None):
 @pytest.fixture(scope="module")
 def model():
     slides = [make_slide(f"s{i}", seed=i) for i in range(3)]
-    return hd.tl.fit(slides, features=["a", "b"], **SMALL)
+    return hd.tl.fit(slides, features=["a", "b"], target_scale="abundance", **SMALL)
 
 
 def test_fit_beats_mean_predictor_on_a_held_out_slide(model):
@@ -66,7 +67,7 @@ def test_fit_on_synthetic_slides_beats_the_mean_on_a_held_out_slide():
     slides = [hd.datasets.synthetic(n_spots=200, seed=s, sample=f"s{s}", counts=False) for s in range(3)]
     for sdata in slides:
         sdata.tables["table"].obsm["X_colour"] = colour_features(sdata)
-    model = hd.tl.fit(slides[:2], features="colour", **SMALL)
+    model = hd.tl.fit(slides[:2], features="colour", target_scale="abundance", **SMALL)
     hd.tl.predict(slides[2], model)
     tables = [sdata.tables["table"] for sdata in slides]
     in_tissue = [t.obs["in_tissue"].to_numpy(dtype=bool) for t in tables]
@@ -92,7 +93,7 @@ def test_only_in_tissue_spots_are_used_and_targets_aligned_by_name():
     second.obs["in_tissue"] = np.arange(10) < 6
     second.obsm["X_a"][7] = np.nan  # off tissue: ignored
     second.obsm["abund"] = second.obsm["abund"][CELL_TYPES[::-1]]
-    spots = spot_table([first, second], ["b", "a"], "abund", groupby="sample")
+    spots = spot_table([first, second], ["b", "a"], "abund", groupby="sample", inputs=InputOptions("training"))
     x, y, groups, dims = spots.features, spots.target, spots.groups, spots.dims
     assert x.shape == (16, 6) and dims == [2, 4]
     np.testing.assert_array_equal(x[10:, :2], second.obsm["X_b"][:6])
@@ -167,7 +168,7 @@ def test_predict_refuses_wrong_or_missing_features(model):
         hd.tl.predict(slide, model)
     assert "pred_abund" not in slide.obsm
     with pytest.raises(TypeError, match="AbundanceRegressor"):
-        hd.tl.predict(slide, "model.safetensors")
+        hd.tl.predict(slide, 3)
     with pytest.raises(RuntimeError, match="not fitted"):
         hd.tl.predict(make_slide("t", n=10), hd.tl.AbundanceRegressor())
 
@@ -204,6 +205,83 @@ def test_predict_on_spatialdata(model):
     assert copied.images["sd_image"] is sdata.images["sd_image"]
     hd.tl.predict(sdata, model)
     pd.testing.assert_frame_equal(table.obsm["pred_abund"], copied.tables["table"].obsm["pred_abund"])
-    np.testing.assert_allclose(
-        table.obsm["pred_abund"].values, model.predict(np.hstack([adata.obsm["X_a"], adata.obsm["X_b"]]))
+    raw = np.hstack([adata.obsm["X_a"], adata.obsm["X_b"]])
+    inputs = spot_inputs(table, raw, np.ones(6, dtype=bool), model.inputs)  # standardised over the slide
+    np.testing.assert_allclose(table.obsm["pred_abund"].values, model.predict(inputs))
+
+
+def with_geometry(adata, mpp=2.0):
+    """Spots on a 10-wide grid 100 px (``100 * mpp`` um) apart, and the sample's mpp record."""
+    n = adata.n_obs
+    adata.obsm["spatial"] = np.stack([np.arange(n) % 10, np.arange(n) // 10], axis=1).astype(float) * 100
+    sample = str(adata.obs["sample"].iloc[0])
+    adata.uns[Key.uns.root] = {Key.uns.samples: {sample: {"mpp": mpp}}}
+    return adata
+
+
+def test_the_returned_model_learns_a_pattern_only_the_early_stopping_slide_shows():
+    """Early stopping holds a slide out; the refit on every slide must learn what only that slide teaches."""
+    names = ["s0", "s1", "s2"]
+    probe = hd.tl.fit([make_slide(n, n=20, seed=i) for i, n in enumerate(names)], hidden=(4,), max_epochs=2)
+    (held_out,) = probe.provenance["validation_groups"]
+    slides = []
+    for i, name in enumerate(names):
+        slide = make_slide(name, seed=i)
+        marker = slide.obsm["X_b"][:, 1].copy() if name == held_out else np.zeros(slide.n_obs, dtype=np.float32)
+        slide.obsm["X_b"][:, 1] = marker  # the marker varies on the early-stopping slide only
+        slide.obsm["abund"]["fibroblasts"] = np.exp(1.5 * marker) if name == held_out else 1.0
+        slides.append(slide)
+    model = hd.tl.fit(slides, target_scale="abundance", feature_scaling="training", **SMALL)
+    assert model.provenance["validation_groups"] == [held_out]
+    test = make_slide("new", seed=20)
+    marker = test.obsm["X_b"][:, 1]
+    hd.tl.predict(test, model)
+    assert np.corrcoef(test.obsm["pred_abund"]["fibroblasts"], np.exp(1.5 * marker))[0, 1] > 0.8
+
+
+def test_collapse_warning_fires_on_an_untrained_model_and_not_on_a_good_one(recwarn):
+    slides = [make_slide(f"s{i}", seed=i) for i in range(3)]
+    with pytest.warns(UserWarning, match="look collapsed.*below that of ridge"):
+        collapsed = hd.tl.fit(slides, hidden=(8,), lr=1e-6, max_epochs=1)
+    assert collapsed.validation_scores["cc"] < collapsed.validation_scores["ridge_cc"]
+    recwarn.clear()
+    good = hd.tl.fit(slides, **SMALL)
+    assert not [w for w in recwarn if "collapsed" in str(w.message)]
+    assert good.validation_scores["cc"] > good.validation_scores["ridge_cc"]
+    assert good.validation_scores["spread"] > 0.5
+
+
+def test_target_scale_proportion_predicts_compositions_and_abundance_amounts():
+    slides = [make_slide(f"s{i}", seed=i) for i in range(3)]
+    test = make_slide("new", seed=20)
+    for scale in ("proportion", "abundance"):
+        model = hd.tl.fit(slides, target_scale=scale, **SMALL)
+        hd.tl.predict(test, model, key_added=scale)
+    sums = test.obsm["proportion"].sum(axis=1).to_numpy()
+    np.testing.assert_allclose(sums, 1, rtol=1e-5)
+    truth = test.obsm["abund"]
+    assert np.corrcoef(test.obsm["abundance"].sum(axis=1), truth.sum(axis=1))[0, 1] > 0.8
+    assert hd.metrics.l1_score(truth, test.obsm["proportion"]) < 0.5 * hd.metrics.l1_score(
+        truth, np.broadcast_to(truth.to_numpy().mean(axis=0), truth.shape)
     )
+
+
+def test_slide_scaling_and_neighbourhood_are_recorded_and_repeated_after_loading(tmp_path):
+    slides = [with_geometry(make_slide(f"s{i}", n=100, seed=i)) for i in range(3)]
+    model = hd.tl.fit(slides, context_radius=250, **SMALL)
+    assert model.inputs.context_radius == 250.0 and model.inputs.feature_scaling == "slide"
+    assert model.network.n_features == 12  # 6 embedding dims and their neighbourhood mean
+    model.save(tmp_path / "model")
+    loaded = hd.tl.AbundanceRegressor.load(tmp_path / "model")
+    assert loaded.inputs == model.inputs and loaded.hyperparameters.target_scale == "proportion"
+    test = with_geometry(make_slide("new", n=100, seed=20))
+    hd.tl.predict(test, model, key_added="fitted")
+    hd.tl.predict(test, loaded, key_added="loaded")
+    np.testing.assert_array_equal(test.obsm["fitted"].to_numpy(), test.obsm["loaded"].to_numpy())
+    # a grid 200 um apart: within 250 um, a spot's neighbourhood is itself and its 2-4 grid neighbours
+    x = np.arange(100, dtype=np.float32)[:, None]
+    inputs = spot_inputs(test, x, np.ones(100, dtype=bool), InputOptions("training", 250))
+    assert inputs[0, 1] == pytest.approx((0 + 1 + 10) / 3) and inputs[11, 1] == pytest.approx(11)
+    del test.obsm["spatial"]
+    with pytest.raises(KeyError, match=r"needs spot centres in `obsm\['spatial'\]`"):
+        hd.tl.predict(test, loaded, key_added="again")

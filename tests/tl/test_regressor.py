@@ -31,7 +31,7 @@ def nonlinear_data(n, seed):
 @pytest.fixture(scope="module")
 def trained():
     x, y = nonlinear_data(600, seed=0)
-    return hd.tl.AbundanceRegressor(seed=0, **SMALL).fit(x, y, feature_dims={"a": 4, "b": 2})
+    return hd.tl.AbundanceRegressor(seed=0, target_scale="abundance", **SMALL).fit(x, y, feature_dims={"a": 4, "b": 2})
 
 
 def test_loss_terms_hand_computed():
@@ -85,7 +85,7 @@ def test_hyperparameters_are_declared_once_and_checked():
     )
     with pytest.raises(TypeError, match=r"Unknown hyperparameters \['dropout'\]; valid: .*'seed'"):
         hd.tl.AbundanceRegressor(dropout=0.5)
-    with pytest.raises(ValueError, match="`patience` must be > 0"):
+    with pytest.raises(ValueError, match="`patience` must be a positive integer"):
         hd.tl.Hyperparameters(patience=0)
 
 
@@ -182,7 +182,7 @@ def test_constant_feature_is_harmless():
 
 def test_save_load_round_trip(trained, tmp_path):
     trained.save(tmp_path / "model")
-    assert {p.name for p in tmp_path.iterdir()} == {"model.safetensors", "model.json"}
+    assert {p.name for p in tmp_path.iterdir()} == {"model.safetensors", "model.json", "model.md"}
     loaded = hd.tl.AbundanceRegressor.load(tmp_path / "model.safetensors")
     x, _ = nonlinear_data(50, seed=9)
     np.testing.assert_array_equal(loaded.predict(x), trained.predict(x))
@@ -266,6 +266,7 @@ def test_model_file_of_version_1_with_former_loss_weight_names_loads(trained, tm
         hyperparameters.pop("mae_weight"),
         hyperparameters.pop("pearson_weight"),
     )
+    del hyperparameters["target_scale"], record["inputs"]  # added in version 3
     record["version"] = 1
     _write_signed(sidecar, record)
     loaded = hd.tl.AbundanceRegressor.load(sidecar)

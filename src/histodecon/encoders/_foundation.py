@@ -2,7 +2,8 @@
 
 Each build function passes timm the keyword arguments of the model card (or of the
 ``config.json`` next to the weights on the Hugging Face Hub), so that the published
-checkpoint, saved with timm's own key names, loads strictly with no conversion.
+checkpoint, saved with timm's own key names, loads strictly with no conversion (Virchow2's
+under the ``trunk.`` of the module that pools its tokens).
 """
 
 from __future__ import annotations

@@ -16,6 +16,11 @@ from histodecon._settings import logger
 if TYPE_CHECKING:
     from ._registry import Encoder
 
+#: The weights files read, as error messages name them.
+EXPECTED_FORMAT = "a safetensors file or a PyTorch zip checkpoint saved with torch.save"
+_ZIP_SIGNATURE = b"PK\x03\x04"
+_PICKLE_PROTOCOL = b"\x80"
+
 
 def read_weights(entry: Encoder, explicit: str | os.PathLike | None) -> tuple[dict[str, torch.Tensor], Path, str]:
     """Locate ``entry``'s weights and return ``(state_dict, path, sha256)``.
@@ -84,28 +89,89 @@ def _from_hub(repo_id: str, filename: str) -> Path | None:
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Read a safetensors file or a torch checkpoint with ``weights_only=True`` (pickled code is refused).
+    """Read a safetensors file or a torch zip checkpoint with ``weights_only=True`` (pickled code is refused).
 
+    The format is told from the file's first bytes, not its name (:func:`weights_format`).
     Checkpoints in torch's zip format are memory-mapped: only the tensors the model keeps are
     read, e.g. the image tower out of CONCH's whole 1.6 GB CoCa checkpoint.
+
+    Raises
+    ------
+    ValueError
+        Naming the file and what was expected, for a folder, an empty, truncated or corrupt
+        file, a pickle (renamed or in torch's legacy format) or a file in another format.
     """
-    if path.suffix == ".safetensors":
+    if weights_format(path) == "safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(path)
+        try:
+            return load_file(path)
+        except SafetensorError as error:
+            raise ValueError(
+                f"{path} is a truncated or corrupt safetensors file ({_first_line(error)}); expected "
+                f"{EXPECTED_FORMAT}. Download or copy it again."
+            ) from error
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # torch raises UnpicklingError or RuntimeError for unsafe or corrupt files
         raise ValueError(
-            f"Refusing to read {path}: it is not a plain tensor checkpoint ({type(error).__name__}: "
-            f"{str(error).splitlines()[0]}). Only safetensors files and state dicts readable with "
-            "`torch.load(weights_only=True)` are accepted, so that no code from a file is ever run."
+            f"Refusing to read {path}: it is not a plain tensor checkpoint ({_first_line(error)}). Only "
+            f"{EXPECTED_FORMAT} whose state dict is readable with `torch.load(weights_only=True)` is "
+            "accepted, so that no code from a file is ever run."
         ) from error
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict of tensors.")
     return state
+
+
+def weights_format(path: Path) -> str:
+    """``"safetensors"`` or ``"zip"`` (a torch checkpoint), from the first bytes of ``path``; else a ValueError.
+
+    Nothing is unpickled to tell: a safetensors file starts with its header's length and a
+    JSON object, a torch checkpoint with a zip file's signature (and a zip file ends with its
+    directory, which a truncated copy lacks).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a weights file; expected {EXPECTED_FORMAT}.")
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError(f"{path} is empty (0 bytes); expected {EXPECTED_FORMAT}. Download or copy it again.")
+    with open(path, "rb") as file:
+        head = file.read(9)
+    if head.startswith(_ZIP_SIGNATURE):
+        if not zipfile.is_zipfile(path):
+            raise ValueError(
+                f"{path} starts like a PyTorch zip checkpoint but is truncated or corrupt (its zip directory is "
+                f"missing); expected {EXPECTED_FORMAT}. Download or copy it again."
+            )
+        return "zip"
+    if head[8:9] == b"{":
+        header_bytes = int.from_bytes(head[:8], "little")
+        if header_bytes > size - 8:
+            raise ValueError(
+                f"{path} starts like a safetensors file but is truncated or corrupt: its header should be "
+                f"{header_bytes} bytes, the whole file is {size}; expected {EXPECTED_FORMAT}. Download or copy it again."
+            )
+        return "safetensors"
+    what = (
+        "a pickle (torch.save's legacy format, or a pickled file renamed)"
+        if head.startswith(_PICKLE_PROTOCOL)
+        else "in an unknown format"
+    )
+    raise ValueError(
+        f"{path} is {what}; expected {EXPECTED_FORMAT}. Pickles are never read, as unpickling can run code: "
+        "convert it where it was made, with `safetensors.torch.save_file(state_dict, 'model.safetensors')`."
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    """``error``'s type and the first line of its message (which may be empty)."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def sha256sum(path: Path, chunk_bytes: int = 2**24) -> str:

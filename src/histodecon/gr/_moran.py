@@ -39,18 +39,19 @@ def _abundances(adata: AnnData, key: str) -> pd.DataFrame:
         )
     values = adata.obsm[key]
     frame = values if isinstance(values, pd.DataFrame) else pd.DataFrame(np.asarray(values))
-    frame = frame.set_axis(frame.columns.astype(str), axis=1)
+    columns = frame.columns.astype(str)
     non_numeric = [name for name, dtype in frame.dtypes.items() if not pd.api.types.is_numeric_dtype(dtype)]
     if non_numeric:
         raise TypeError(
             f"`obsm[{key!r}]` has non-numeric columns {non_numeric}; Moran's R needs numeric abundances per cell type. "
             "Pass `key=` a spots x cell types matrix of numbers."
         )
-    frame = frame.astype(np.float64)
-    if not np.isfinite(frame.to_numpy()).all():
-        bad = frame.columns[~np.isfinite(frame.to_numpy()).all(axis=0)].tolist()
+    matrix = frame.to_numpy(dtype=np.float64, copy=True)  # z-scored in place, never the table's values
+    finite = np.isfinite(matrix)
+    if not finite.all():
+        bad = columns[~finite.all(axis=0)].tolist()
         raise ValueError(f"`obsm[{key!r}]` has missing or infinite values in {bad}; fill or drop those spots first.")
-    return frame
+    return pd.DataFrame(matrix, columns=columns, copy=False)
 
 
 def _weights(adata: AnnData, connectivity_key: str) -> sparse.csr_matrix:
@@ -84,7 +85,8 @@ def _standardise(frame: pd.DataFrame, W: sparse.csr_matrix, blocks: list) -> _St
     if small:
         raise ValueError(f"Samples {small} have fewer than 3 spots; Moran's R needs more. Drop them or pass `sample=`.")
     starts = np.concatenate([[0], np.cumsum(sizes)])
-    if len(order) != W.shape[0] or np.any(order != np.arange(len(order))):
+    in_order = len(order) == W.shape[0] and np.array_equal(order, np.arange(len(order)))
+    if not in_order:
         W = W[order][:, order].tocsr()
     block_of = np.repeat(np.arange(len(sizes)), sizes)
     coo = W.tocoo() if len(sizes) > 1 else None
@@ -93,15 +95,17 @@ def _standardise(frame: pd.DataFrame, W: sparse.csr_matrix, blocks: list) -> _St
             "The weight graph connects spots of different samples. Build it with `hd.gr.rbf_graph` "
             "(one block per sample), or analyse one sample with `sample=`."
         )
-    values = frame.to_numpy()[order]
-    Z = np.empty_like(values)
-    constant = np.zeros(values.shape[1], dtype=bool)
+    values = frame.to_numpy()
+    Z = values if in_order else values[order]
+    constant = np.zeros(Z.shape[1], dtype=bool)
     for lo, hi in zip(starts[:-1], starts[1:], strict=True):
-        block = values[lo:hi]
-        sd = block.std(axis=0)
-        flat = sd <= 1e-12 * np.maximum(np.abs(block).max(axis=0), 1.0)
+        block = Z[lo:hi]  # centred and scaled in place
+        scale = np.maximum(np.abs(block).max(axis=0), 1.0)
+        block -= block.mean(axis=0)
+        sd = np.sqrt(np.einsum("ij,ij->j", block, block) / len(block))
+        flat = sd <= 1e-12 * scale
         constant |= flat
-        Z[lo:hi] = (block - block.mean(axis=0)) / np.where(flat, 1.0, sd)
+        block /= np.where(flat, 1.0, sd)
     return _Standardised(Z=Z, W=W, block_starts=starts, constant=constant)
 
 
@@ -301,7 +305,8 @@ def moran_r(
             values[:, std.constant] = np.nan
 
     names = pd.Index(frame.columns, name="cell_type")
-    output = {name: pd.DataFrame(values, index=names, columns=names) for name, values in result.items()}
+    # The columns carry no name: h5ad and zarr keep an index name but drop a columns name.
+    output = {name: pd.DataFrame(values, index=names, columns=names.rename(None)) for name, values in result.items()}
     output["params"] = {
         "key": key,
         "connectivity_key": connectivity_key,

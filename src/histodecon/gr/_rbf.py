@@ -10,14 +10,15 @@ from spatialdata import SpatialData
 
 from histodecon._constants import Key
 from histodecon._docs import inject_docs
+from histodecon._geometry import sample_geometry
 from histodecon._utils import (
+    MIN_SPOT_SPACING_UM,
     check_centres,
     check_overwrite,
     check_positive,
     check_spot_spacing,
     copy_data,
     get_table,
-    sample_info,
     write_result,
 )
 
@@ -25,6 +26,8 @@ from histodecon._utils import (
 DEFAULT_LENGTH_SCALE_UM = 240.0
 #: Default truncation: weights below 0.2 are dropped (SpatialDM and Hist2Cell).
 DEFAULT_CUTOFF = 0.2
+#: Spots whose nearest neighbours screen the spacing before the graph is built.
+_SPACING_SCREEN_SPOTS = 1000
 
 
 def truncation_radius(length_scale: float, cutoff: float) -> float:
@@ -41,24 +44,59 @@ def sample_blocks(adata: AnnData) -> list[tuple[str | None, np.ndarray]]:
     return [(str(name), np.flatnonzero(codes == i)) for i, name in enumerate(samples.cat.categories)]
 
 
-def _mpp(adata: AnnData, sample: str | None) -> float:
-    """The um/px of a sample, or an error saying how to provide it."""
+def _mpp(data: SpatialData | AnnData, table_key: str, sample: str | None) -> float:
+    """The um/px of a sample (from the SpatialData's elements, or a table's cache), or an error saying how to set it."""
     try:
-        return float(sample_info(adata, sample)["mpp"])
+        return sample_geometry(data, sample, table_key=table_key).mpp
     except (KeyError, ValueError) as error:
-        raise KeyError(
+        raise type(error)(
             f"{error.args[0]} The length scale in micrometres needs each sample's um/px: read the slide "
             "with `hd.io`, or give the length scale in pixels with `length_scale_px=`."
         ) from None
 
 
-def _block_pairs(coords: np.ndarray, radius_px: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs ``i < j`` of spots of one sample within ``radius_px``, and their distances."""
-    pairs = cKDTree(coords).query_pairs(radius_px, output_type="ndarray")
+def _block_pairs(tree: cKDTree, radius_px: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs ``i < j`` of the spots of one sample's tree within ``radius_px``, and their distances."""
+    pairs = tree.query_pairs(radius_px, output_type="ndarray")
     i, j = pairs[:, 0], pairs[:, 1]
-    dx = coords[i, 0] - coords[j, 0]
-    dy = coords[i, 1] - coords[j, 1]
+    x, y = tree.data[:, 0].copy(), tree.data[:, 1].copy()
+    dx, dy = x[i] - x[j], y[i] - y[j]
     return i, j, np.sqrt(dx * dx + dy * dy)
+
+
+def _screen_spacing(tree: cKDTree, mpp: float, what: str) -> None:
+    """Refuse badly scaled coordinates before they make the graph huge: a cheap screen of the spacing.
+
+    Badly scaled coordinates (array indices, coordinates in [0, 1], a wrong um/px) put every spot
+    too close to its neighbours. The median nearest-neighbour distance of an even subsample of
+    :data:`_SPACING_SCREEN_SPOTS` spots shows it; only when that comes near the smallest allowed
+    spacing does :func:`check_spot_spacing` measure all spots, and raise.
+    """
+    spots = tree.data[:: max(1, tree.n // _SPACING_SCREEN_SPOTS)]
+    if tree.n > 1 and np.median(tree.query(spots, k=2)[0][:, 1]) < 2 * MIN_SPOT_SPACING_UM / mpp:
+        check_spot_spacing(tree.data, mpp, what)
+
+
+def _nearest_px(distances: sparse.csr_matrix) -> np.ndarray:
+    """Each spot's distance to its nearest neighbour in the graph; ``inf`` where it has none."""
+    nearest = np.full(distances.shape[0], np.inf)
+    linked = np.diff(distances.indptr) > 0
+    if linked.any():
+        nearest[linked] = np.minimum.reduceat(distances.data, distances.indptr[:-1][linked])
+    return nearest
+
+
+def _check_spacing(nearest_px: np.ndarray, tree: cKDTree, mpp: float, radius_px: float, what: str) -> None:
+    """:func:`check_spot_spacing` of one sample from its spots' nearest-neighbour distances in the graph.
+
+    The graph holds each nearest-neighbour distance up to ``radius_px``; the others, unknown,
+    exceed it, which cannot move the median below the smallest allowed spacing when that lies
+    within the radius. Only a median below it (or a radius too small to tell) runs the full
+    check, which raises.
+    """
+    smallest_px = MIN_SPOT_SPACING_UM / mpp
+    if tree.n > 1 and (smallest_px >= radius_px or np.median(nearest_px) < smallest_px):
+        check_spot_spacing(tree.data, mpp, what)
 
 
 def _index_dtype(size: int) -> type:
@@ -82,7 +120,7 @@ def _symmetric_csr(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n: in
 
 
 def _graph(
-    coords: np.ndarray, blocks: list[tuple[str | None, np.ndarray]], scales: dict, cutoff: float
+    trees: dict[str | None, cKDTree], blocks: list[tuple[str | None, np.ndarray]], scales: dict, cutoff: float
 ) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
     """Weights (self-pairs included, each block scaled to sum to its size) and distances (no self-pairs), CSR.
 
@@ -90,18 +128,17 @@ def _graph(
     are computed on that structure, and the distances are it less its diagonal, which every row
     holds exactly once.
     """
-    n = len(coords)
+    n = sum(len(positions) for _, positions in blocks)
     rows, cols, dists = [], [], []
     for sample, positions in blocks:
-        i, j, dist = _block_pairs(coords[positions], truncation_radius(scales[sample], cutoff))
-        rows += [i, j, np.arange(len(positions))]
-        cols += [j, i, np.arange(len(positions))]
+        i, j, dist = _block_pairs(trees[sample], truncation_radius(scales[sample], cutoff))
+        if len(blocks) > 1:  # from the sample's spots to the table's
+            i, j = positions[i], positions[j]
+        rows += [i, j, positions]
+        cols += [j, i, positions]
         dists += [dist, dist, np.zeros(len(positions))]
-        if len(positions) != n:
-            rows[-3:] = [positions[r] for r in rows[-3:]]
-            cols[-3:] = [positions[c] for c in cols[-3:]]
     dtype = _index_dtype(sum(len(d) for d in dists))
-    rows, cols = (np.concatenate(parts).astype(dtype, copy=False) for parts in (rows, cols))
+    rows, cols = (np.concatenate(parts, dtype=dtype) for parts in (rows, cols))
     graph = _symmetric_csr(rows, cols, np.concatenate(dists), n)
     del rows, cols
     indptr, indices, dist = graph.indptr, graph.indices, graph.data
@@ -162,7 +199,8 @@ def rbf_graph(
     {{data}}
     length_scale_um
         RBF length scale ``l`` in micrometres, converted to pixels with each sample's um/px
-        (``uns['histodecon']['samples'][sample]['mpp']``).
+        (from a SpatialData's ``Scale`` to ``f"{sample}_um"``; for a bare table, its cache
+        ``uns['histodecon']['samples'][sample]['mpp']``).
     length_scale_px
         RBF length scale in pixels of ``obsm['spatial']``; when given, ``length_scale_um`` is
         ignored and no um/px is needed.
@@ -204,20 +242,23 @@ def rbf_graph(
         raise ValueError("The table has no spots; a spatial graph needs at least one.")
     coords = check_centres(adata.obsm[Key.obsm.spatial], adata.obs_names, f"`obsm[{Key.obsm.spatial!r}]`")
     blocks = sample_blocks(adata)
-    scales = {}
-    for sample, positions in blocks:
-        if length_scale_px is not None:
-            scales[sample] = float(length_scale_px)
-            continue
-        mpp = _mpp(adata, sample)
-        check_spot_spacing(coords[positions], mpp, f"sample {sample!r}")
-        scales[sample] = length_scale_um / mpp
+    trees = {sample: cKDTree(coords[positions]) for sample, positions in blocks}
+    mpps = {sample: None if length_scale_px is not None else _mpp(data, table_key, sample) for sample, _ in blocks}
+    scales = {sample: float(length_scale_px) if mpp is None else length_scale_um / mpp for sample, mpp in mpps.items()}
+    for sample, mpp in mpps.items():
+        if mpp is not None:
+            _screen_spacing(trees[sample], mpp, f"sample {sample!r}")
     conn_key, dist_key, params_key = f"{key_added}_connectivities", f"{key_added}_distances", f"{key_added}_neighbors"
     check_overwrite(adata.obsp, conn_key, "adata.obsp", overwrite)
     check_overwrite(adata.obsp, dist_key, "adata.obsp", overwrite)
     check_overwrite(adata.uns, params_key, "adata.uns", overwrite)
 
-    connectivities, distances = _graph(coords, blocks, scales, cutoff)
+    connectivities, distances = _graph(trees, blocks, scales, cutoff)
+    if length_scale_px is None:
+        nearest_px = _nearest_px(distances)
+        for sample, positions in blocks:
+            radius_px = truncation_radius(scales[sample], cutoff)
+            _check_spacing(nearest_px[positions], trees[sample], mpps[sample], radius_px, f"sample {sample!r}")
     if copy:
         data = copy_data(data)
         adata = get_table(data, table_key)

@@ -3,5 +3,6 @@
 from ._anndata import from_anndata
 from ._hest import read_hest
 from ._slide import read_slide
+from ._spatialdata import from_spatialdata
 from ._st import read_st
 from ._visium import read_visium

@@ -9,10 +9,11 @@ from anndata import AnnData
 from scipy import sparse
 from spatialdata import SpatialData
 from spatialdata.models import Image2DModel, ShapesModel, TableModel
-from spatialdata.transformations import Identity
+from spatialdata.transformations import Identity, Scale
 
 from histodecon._constants import Key
-from histodecon._utils import check_centres, check_positive
+from histodecon._geometry import SampleGeometry, cache_record, check_geometry
+from histodecon._utils import check_centres
 
 #: Images whose longer side exceeds this many pixels are stored as a multiscale pyramid.
 PYRAMID_ABOVE_PX = 4096
@@ -39,9 +40,13 @@ def build_sdata(
     X: np.ndarray | sparse.spmatrix | None = None,
     var_names: pd.Index | list[str] | None = None,
     obs: pd.DataFrame | None = None,
-    coordinate_system: str = "global",
 ) -> SpatialData:
     """Build ``images[f"{sample}_image"]``, ``shapes[f"{sample}_spots"]`` and ``tables["table"]``.
+
+    The image and the spots' circles are registered in the sample's own coordinate systems:
+    ``Key.cs.pixels(sample)`` (full-resolution pixels, ``Identity``) and
+    ``Key.cs.micrometres(sample)`` (``Scale([mpp, mpp])``), where the geometry is read back from
+    (:mod:`histodecon._geometry`); ``uns["histodecon"]["samples"][sample]`` caches it.
 
     Parameters
     ----------
@@ -63,10 +68,8 @@ def build_sdata(
         Gene names, required with ``X``.
     obs
         Extra per-spot columns, indexed like ``spot_ids``.
-    coordinate_system
-        Name of the coordinate system the elements are registered in (pixel units).
     """
-    check_positive(mpp, "mpp")
+    check_geometry(sample, mpp, spot_diameter_px)
     centres_xy = np.asarray(centres_xy, dtype=np.float64).reshape(-1, 2)
     n_spots = len(centres_xy)
     spot_ids = pd.Index([str(i) for i in range(n_spots)] if spot_ids is None else [str(s) for s in spot_ids])
@@ -78,7 +81,7 @@ def build_sdata(
     centres_xy = check_centres(centres_xy, spot_ids, "spot centres")
 
     image_key, shapes_key = f"{sample}_image", f"{sample}_spots"
-    transform = {coordinate_system: Identity()}
+    transform = {Key.cs.pixels(sample): Identity(), Key.cs.micrometres(sample): Scale([mpp, mpp], axes=("x", "y"))}
     image = da.asarray(image)
     c, height, width = image.shape
     image = image.rechunk((c, IMAGE_CHUNK_PX, IMAGE_CHUNK_PX))
@@ -113,16 +116,7 @@ def build_sdata(
         var = pd.DataFrame(index=pd.Index([str(g) for g in var_names]))
     adata = AnnData(X=X, obs=table_obs, var=var)
     adata.obsm[Key.obsm.spatial] = centres_xy
-    adata.uns[Key.uns.root] = {
-        Key.uns.samples: {
-            sample: {
-                "mpp": float(mpp),
-                "spot_diameter_px": float(spot_diameter_px),
-                "image_key": image_key,
-                "shapes_key": shapes_key,
-                "coordinate_system": coordinate_system,
-            }
-        }
-    }
+    geometry = SampleGeometry(sample, mpp, spot_diameter_px, image_key, shapes_key)
+    adata.uns[Key.uns.root] = {Key.uns.samples: {sample: cache_record(geometry)}}
     table = TableModel.parse(adata, region=shapes_key, region_key=Key.obs.region, instance_key=Key.obs.spot_id)
     return SpatialData(images={image_key: image_el}, shapes={shapes_key: shapes_el}, tables={Key.tables.table: table})

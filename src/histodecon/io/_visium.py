@@ -8,7 +8,6 @@ from pathlib import Path
 import h5py
 import spatialdata_io
 from spatialdata import SpatialData
-from spatialdata.transformations import Identity, get_transformation
 
 from histodecon._constants import Key
 from histodecon._utils import check_centres, check_positive, check_spot_spacing, check_spots_inside, get_table
@@ -17,12 +16,6 @@ from histodecon.io._image import read_image
 
 #: Visium spots are 55 um across.
 VISIUM_SPOT_UM = 55.0
-
-
-def _identity_system(element) -> str:
-    """The coordinate system in which an element's coordinates are its own pixels."""
-    systems = get_transformation(element, get_all=True)
-    return next((name for name, t in systems.items() if isinstance(t, Identity)), next(iter(systems)))
 
 
 def _library_id(counts_path: Path, counts_file: str) -> str | None:
@@ -93,7 +86,6 @@ def read_visium(
 
     reference = spatialdata_io.visium(path, dataset_id=sample, counts_file=counts_file)
     adata = get_table(reference)
-    system = _identity_system(reference.shapes[sample])
     spot_px = float(scalefactors["spot_diameter_fullres"])
     centres = check_centres(adata.obsm[Key.obsm.spatial], adata.obs_names, "Space Ranger spot positions")
     if fullres_image is None:
@@ -117,7 +109,6 @@ def read_visium(
         X=adata.X,
         var_names=adata.var_names,
         obs=adata.obs[[Key.obs.in_tissue, Key.obs.array_row, Key.obs.array_col]],
-        coordinate_system=system,
     )
     get_table(sdata).var = adata.var.copy()
     return sdata

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,16 +9,17 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from anndata import AnnData
+from matplotlib.axes import Axes
 from matplotlib.collections import EllipseCollection
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
-from spatialdata import SpatialData, get_pyramid_levels
-from xarray import DataArray, DataTree
+from spatialdata import SpatialData
 
 from histodecon._constants import Key
-from histodecon._utils import get_table, sample_info, samples_of
+from histodecon._geometry import sample_geometry
+from histodecon._utils import get_table, samples_of
 
-from ._utils import save_figure
+from ._utils import doc_show_save, finish, image_crop, panel_axes
 
 
 def _sample_spots(adata: AnnData, sample: str | None) -> tuple[str, np.ndarray]:
@@ -49,30 +49,7 @@ def _abundances(adata: AnnData, keys: list[str], cell_types: list[str], mask: np
     return frames
 
 
-def _image_crop(element: DataArray | DataTree, box: np.ndarray, max_px: int) -> tuple[np.ndarray, list[float]]:
-    """The RGB crop of ``box`` (full-resolution ``[x0, y0, x1, y1]``) at most ``max_px`` on a side.
-
-    Reads the finest pyramid level that is small enough (striding the coarsest if none is), so
-    only the pixels drawn are loaded. Returns ``(y, x, c)`` pixels and their imshow extent in
-    full-resolution pixels.
-    """
-    levels = get_pyramid_levels(element) if isinstance(element, DataTree) else [element]
-    full_width = levels[0].sizes["x"]
-    crop_side = max(box[2] - box[0], box[3] - box[1])
-    for level in levels:
-        scale = full_width / level.sizes["x"]
-        if crop_side / scale <= max_px:
-            break
-    step = max(1, math.ceil(crop_side / scale / max_px))
-    height, width = level.sizes["y"], level.sizes["x"]
-    x0, y0 = (max(0, int(v // scale)) for v in box[:2])
-    x1, y1 = min(width, math.ceil(box[2] / scale)), min(height, math.ceil(box[3] / scale))
-    pixels = np.asarray(level.isel(x=slice(x0, x1, step), y=slice(y0, y1, step)).transpose("y", "x", "c"))
-    rows, cols = pixels.shape[:2]
-    extent = [x0 * scale, (x0 + cols * step) * scale, (y0 + rows * step) * scale, y0 * scale]
-    return pixels, extent
-
-
+@doc_show_save
 def spatial_abundance(
     sdata: SpatialData,
     cell_types: str | Sequence[str],
@@ -84,8 +61,11 @@ def spatial_abundance(
     max_image_px: int = 1500,
     table_key: str = Key.tables.table,
     figsize: tuple[float, float] | None = None,
-    save: str | Path | None = None,
-) -> Figure:
+    ax: Axes | Sequence[Axes] | None = None,
+    show: bool | None = None,
+    return_fig: bool | None = None,
+    save: str | Path | bool | None = None,
+) -> Figure | list[Axes] | None:
     """The H&E image with its spots coloured by cell-type abundance, truth above prediction.
 
     One row per key (e.g. the cell2location truth and the prediction), one column per cell
@@ -114,13 +94,14 @@ def spatial_abundance(
     table_key
         Name of the table.
     figsize
-        Figure size in inches; default about 3 inches per panel.
-    save
-        Write the figure to this path (format from the suffix).
+        Figure size in inches of a new figure; default about 3 inches per panel.
+    ax
+        Axes to draw into, one per panel (keys x cell types, row by row); default a new figure.
+    {show_save}
 
     Returns
     -------
-    The figure.
+    The figure (default), the panels' Axes row by row (``return_fig=False``) or ``None`` (``show=True``).
 
     Examples
     --------
@@ -145,48 +126,49 @@ def spatial_abundance(
     adata = get_table(sdata, table_key)
     sample, mask = _sample_spots(adata, sample)
     frames = _abundances(adata, keys, cell_types, mask)
-    info = sample_info(adata, sample)
-    if info["image_key"] not in sdata.images:
-        raise KeyError(f"The image {info['image_key']!r} of sample {sample!r} is not in `sdata.images`.")
+    geometry = sample_geometry(sdata, sample, table_key=table_key)
 
     centres = np.asarray(adata.obsm[Key.obsm.spatial], dtype=np.float64)[mask, :2]
-    diameter = float(info["spot_diameter_px"])
+    diameter = geometry.spot_diameter_px
     box = np.concatenate([centres.min(axis=0) - diameter, centres.max(axis=0) + diameter])
-    pixels, extent = _image_crop(sdata.images[info["image_key"]], box, max_image_px)
+    pixels, extent = image_crop(sdata.images[geometry.image_key], box, max_image_px)
 
     colormap = plt.get_cmap(cmap).with_extremes(bad="lightgrey")
     n_rows, n_cols = len(keys), len(cell_types)
     aspect = (box[3] - box[1]) / (box[2] - box[0])
     figsize = figsize or (3.0 * n_cols + 0.6, 3.0 * aspect * n_rows + 1.0)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=figsize, layout="constrained", squeeze=False)
+    if ax is None:
+        fig, axes = plt.subplots(n_rows, n_cols, figsize=figsize, layout="constrained", squeeze=False)
+    else:
+        fig, flat = panel_axes(ax, n_rows * n_cols, "key and cell type")
+        axes = np.array(flat, dtype=object).reshape(n_rows, n_cols)
     for col, name in enumerate(cell_types):
         values = np.concatenate([frame[name].to_numpy(dtype=np.float64) for frame in frames])
         values = values[np.isfinite(values)]  # NaN (spots without a prediction) are drawn grey
         low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
         norm = Normalize(vmin=min(0.0, low), vmax=high)
         for row, frame in enumerate(frames):
-            ax = axes[row, col]
-            ax.imshow(pixels, extent=extent, interpolation="bilinear")
+            panel = axes[row, col]
+            panel.imshow(pixels, extent=extent, interpolation="bilinear")
             spots = EllipseCollection(
                 diameter,
                 diameter,
                 0.0,
                 units="xy",
                 offsets=centres,
-                offset_transform=ax.transData,
+                offset_transform=panel.transData,
                 cmap=colormap,
                 norm=norm,
             )
             spots.set_array(frame[name].to_numpy())
-            ax.add_collection(spots)
-            ax.set_xlim(box[0], box[2])
-            ax.set_ylim(box[3], box[1])
-            ax.set_xticks([])
-            ax.set_yticks([])
+            panel.add_collection(spots)
+            panel.set_xlim(box[0], box[2])
+            panel.set_ylim(box[3], box[1])
+            panel.set_xticks([])
+            panel.set_yticks([])
             if row == 0:
-                ax.set_title(name)
+                panel.set_title(name)
             if col == 0:
-                ax.set_ylabel(titles[row])
+                panel.set_ylabel(titles[row])
         fig.colorbar(spots, ax=list(axes[:, col]), location="bottom", shrink=0.8, aspect=25)
-    save_figure(fig, save)
-    return fig
+    return finish(fig, list(axes.ravel()), name="spatial_abundance", show=show, return_fig=return_fig, save=save)

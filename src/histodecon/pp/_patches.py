@@ -15,14 +15,8 @@ from spatialdata import SpatialData
 from xarray import DataArray, DataTree
 
 from histodecon._constants import Key
-from histodecon._utils import (
-    check_centres,
-    check_spot_spacing,
-    check_spots_inside,
-    get_table,
-    sample_info,
-    samples_of,
-)
+from histodecon._geometry import SampleGeometry, sample_geometries
+from histodecon._utils import check_centres, check_spot_spacing, check_spots_inside, get_table
 
 #: Decoded image chunks kept between reads; bounds memory whatever the slide size.
 CACHE_BYTES = 256 * 2**20
@@ -141,14 +135,16 @@ class SpotPatches:
             )
         if isinstance(size, bool) or not isinstance(size, int | np.integer) or size <= 0:
             raise ValueError(f"`size` must be a positive integer number of pixels, got {size!r}.")
-        if mpp is not None and not (np.isfinite(mpp) and mpp > 0):
+        if mpp is not None and (
+            isinstance(mpp, bool) or not isinstance(mpp, int | float | np.number) or not (np.isfinite(mpp) and mpp > 0)
+        ):
             raise ValueError(f"`mpp` must be a positive number of micrometres per pixel or None, got {mpp!r}.")
         adata = get_table(sdata, table_key)
         spatial = Key.obsm.spatial
         if spatial not in adata.obsm:
             raise KeyError(f"The table has no `obsm[{spatial!r}]` spot centres. Read the slide with `hd.io`.")
         centres = check_centres(adata.obsm[spatial], adata.obs_names, f"`obsm[{spatial!r}]`")
-        samples = samples_of(adata)
+        geometries = sample_geometries(sdata, table_key=table_key)
         spot_samples = adata.obs[Key.obs.sample].astype(str).to_numpy()
 
         self.size = int(size)
@@ -165,20 +161,17 @@ class SpotPatches:
         self._cache = _ChunkCache(CACHE_BYTES)
         self._lock = threading.Lock()
 
-        for sample in samples:
+        for sample, geometry in geometries.items():
             spots = np.flatnonzero(spot_samples == sample)
-            info = sample_info(adata, sample)
-            if info["image_key"] not in sdata.images:
-                raise KeyError(
-                    f"Sample {sample!r} refers to image {info['image_key']!r}, which the SpatialData lacks; "
-                    f"its images are {list(sdata.images)}. Fix `uns['histodecon']['samples'][{sample!r}]['image_key']`."
-                )
-            check_spot_spacing(centres[spots], float(info["mpp"]), f"sample {sample!r}")
-            self._add_sample(sdata.images[info["image_key"]], info, spots, centres[spots], mpp)
+            check_spot_spacing(centres[spots], geometry.mpp, f"sample {sample!r}")
+            self._add_sample(sdata.images[geometry.image_key], geometry, spots, centres[spots], mpp)
 
-    def _add_sample(self, element, info: dict, spots: np.ndarray, centres: np.ndarray, mpp: float | None) -> None:
+    def _add_sample(
+        self, element, geometry: SampleGeometry, spots: np.ndarray, centres: np.ndarray, mpp: float | None
+    ) -> None:
         """Choose the pyramid level and precompute the read window of each spot of one sample."""
-        native_mpp = float(info["mpp"])
+        native_mpp = geometry.mpp
+        image_key = geometry.image_key
         levels = image_levels(element)
         full_h, full_w = levels[0].sizes["y"], levels[0].sizes["x"]
         factors = [(full_h / lv.sizes["y"], full_w / lv.sizes["x"]) for lv in levels]
@@ -187,12 +180,12 @@ class SpotPatches:
         if patch_px > full_h and patch_px > full_w:
             raise ValueError(
                 f"Patches of {self.size} px at {native_mpp * scale:g} um/px cover {patch_px:.0f} full-resolution px, "
-                f"more than the whole {full_w} x {full_h} px image {info['image_key']!r}. Check `size` and `mpp`, "
-                "and the slide's um/px in `uns['histodecon']['samples']` (is the image a downscaled copy?)."
+                f"more than the whole {full_w} x {full_h} px image {image_key!r}. Check `size` and `mpp`, "
+                "and the slide's um/px (is the image a downscaled copy?)."
             )
-        check_spots_inside(centres, self.obs_names[spots], full_w, full_h, info["image_key"])
+        check_spots_inside(centres, self.obs_names[spots], full_w, full_h, image_key)
         chosen = max(i for i, f in enumerate(factors) if i == 0 or max(f) <= scale * LEVEL_TOLERANCE)
-        level = _Level(levels[chosen], factors[chosen], info["image_key"])
+        level = _Level(levels[chosen], factors[chosen], image_key)
         level_id = len(self._levels)
         self._levels.append(level)
         self.mpp[spots] = native_mpp if mpp is None else mpp
@@ -279,15 +272,17 @@ def spot_patches(
 ) -> SpotPatches:
     """Lazy, indexable patches of ``size`` x ``size`` RGB pixels centred on every spot.
 
-    Patches follow the table order; a table holding several samples reads each spot from its
-    own sample's image (``uns['histodecon']['samples'][sample]['image_key']``). Nothing is read
+    Patches follow the table order; a table holding several samples (e.g. slides joined by
+    :func:`spatialdata.concatenate`) reads each spot from its own sample's image: the image that
+    shares the coordinate system of the shapes the spots annotate, at the µm per pixel of its
+    ``Scale`` to ``f"{sample}_um"`` (see :func:`histodecon.io.from_spatialdata`). Nothing is read
     until the patches are indexed, and then only the image chunks under them, so memory does
     not grow with the slide.
 
     Parameters
     ----------
     sdata
-        Slide(s) read with :mod:`histodecon.io`.
+        Slide(s) read with :mod:`histodecon.io` or adopted by :func:`histodecon.io.from_spatialdata`.
     size
         Patch side in output pixels.
     mpp

@@ -11,8 +11,18 @@ from scipy import sparse
 
 from histodecon._constants import Key
 from histodecon._docs import inject_docs
-from histodecon._settings import logger
-from histodecon._utils import Slide, as_slide_list, check_overwrite, get_table, provenance, samples_of, write_result
+from histodecon._settings import logger, settings
+from histodecon._utils import (
+    Slide,
+    as_slide_list,
+    check_overwrite,
+    check_positive_int,
+    check_unique_names,
+    get_table,
+    provenance,
+    samples_of,
+    write_result,
+)
 
 from ._signatures import (
     count_matrix,
@@ -33,6 +43,38 @@ __all__ = ["deconvolve", "reference_signatures"]
 FEW_GENES = 100
 #: The posterior summary written, as in cell2location's tutorials: the 5% quantile of w_sf.
 ABUNDANCE_PREFIX = "q05cell_abundance_w_sf_"
+
+
+#: How to resolve repeated gene names (cell2location needs one column per gene).
+_DUPLICATED_GENES_FIX = (
+    "Sum the counts of each gene into one column, or keep them apart with `adata.var_names_make_unique()`."
+)
+
+
+def _check_options(
+    *,
+    max_epochs: int,
+    reference_epochs: int,
+    num_samples: int,
+    n_cells_per_location: float,
+    detection_alpha: float,
+    device: str | None,
+) -> None:
+    """Refuse bad numeric options and unknown or absent devices before any counts are read."""
+    for value, name in (
+        (max_epochs, "max_epochs"),
+        (reference_epochs, "reference_epochs"),
+        (num_samples, "num_samples"),
+    ):
+        check_positive_int(value, name)
+    for value, name in ((n_cells_per_location, "n_cells_per_location"), (detection_alpha, "detection_alpha")):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float | np.number)
+            or not (np.isfinite(value) and value > 0)
+        ):
+            raise ValueError(f"`{name}` must be a positive number (a cell2location prior), got {value!r}.")
+    settings.torch_device(device)
 
 
 def _check_signatures(signatures: pd.DataFrame) -> pd.DataFrame:
@@ -163,11 +205,22 @@ def deconvolve(
     ['tumour', 'lymphocyte', 'fibroblast', 'adipocyte', 'endothelial']
     """
     tables = [get_table(slide, table_key) for slide in as_slide_list(slides)]
+    _check_options(
+        max_epochs=max_epochs,
+        reference_epochs=reference_epochs,
+        num_samples=num_samples,
+        n_cells_per_location=n_cells_per_location,
+        detection_alpha=detection_alpha,
+        device=device,
+    )
     slide_counts = []
     for table in tables:
         name = ", ".join(samples_of(table))
         check_overwrite(table.obsm, key_added, "adata.obsm", overwrite)
+        check_unique_names(table.var_names, f"The gene names of slide {name}", _DUPLICATED_GENES_FIX)
         slide_counts.append(count_matrix(table, layer, f"Slide {name}"))
+    if isinstance(reference, AnnData):
+        check_unique_names(reference.var_names, "The gene names of the reference", _DUPLICATED_GENES_FIX)
     slide_genes = [table.var_names for table in tables]
 
     if isinstance(reference, pd.DataFrame):

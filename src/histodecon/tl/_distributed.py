@@ -32,8 +32,10 @@ from histodecon._utils import (
 )
 
 from ._embed_request import checked_tables, image_slides, weights_per_model
+from ._embed_store import spots_fingerprint
 from ._embed_writer import write_embedding
 from ._model_file import model_paths
+from ._patch_field import ENCODER_FIELD, EncoderField, with_patch_field
 from ._regressor import AbundanceRegressor
 from ._worker import embed_task, predict_task
 
@@ -55,12 +57,15 @@ def embed_many(
     weights: Mapping[str, str | os.PathLike] | None = None,
     table_key: str = Key.tables.table,
     overwrite: bool = False,
+    patch_size: int | EncoderField = ENCODER_FIELD,
+    mpp: float | None | EncoderField = ENCODER_FIELD,
 ) -> None:
     """Embed many slides, one task per slide, on a dask cluster or one after another here.
 
     Each slide is one :mod:`dask.distributed` task that embeds it exactly like
     :func:`histodecon.tl.embed`, saving finished batches to its own zarr store
-    ``<stores>/<sample>.zarr``. A worker loads each model once and reuses it for every
+    ``<stores>/<sample>-<fingerprint>.zarr``, where the fingerprint hashes the slide's spot
+    names and coordinates (a store also checks the image under its spots and refuses another slide). A worker loads each model once and reuses it for every
     slide it gets. Results are gathered into the slides' tables as slides finish.
 
     A worker that dies mid-slide loses only its unfinished batch: dask reschedules the slide
@@ -98,6 +103,9 @@ def embed_many(
         Weights file per model name; on a cluster the path must be readable by the workers.
     {{table_key}}
     {{overwrite}}
+    patch_size, mpp
+        The patch field of every model, as in :func:`histodecon.tl.embed` (default each
+        encoder's own; ``mpp=None``: native pixels).
 
     Returns
     -------
@@ -118,10 +126,14 @@ def embed_many(
     slides = image_slides(slides, "slides")
     names = encoder_names(models, "models")
     entries = [encoders.get(name) for name in names]
+    for entry in entries:
+        with_patch_field(entry, patch_size=patch_size, mpp=mpp)  # a bad field fails here, before any task
     weights = {name: os.fspath(path) for name, path in weights_per_model(weights, names).items()}
     tables = checked_tables(
         slides, names, batch_size=batch_size, num_workers=num_workers, table_key=table_key, overwrite=overwrite
     )
+    if device is not None:
+        settings.check_device_name(device)  # a worker checks that it has the device
     paths = [Path(stores) / f"{slide_id}.zarr" for slide_id in _slide_ids(tables)]
     Path(stores).mkdir(parents=True, exist_ok=True)
 
@@ -132,6 +144,8 @@ def embed_many(
         "batch_size": batch_size,
         "num_workers": num_workers,
         "table_key": table_key,
+        "patch_size": patch_size,
+        "mpp": mpp,
     }
     arguments = [(slide, os.fspath(path)) for slide, path in zip(slides, paths, strict=True)]
     for i, results in _run(embed_task, arguments, options, client, resources, "embed"):
@@ -217,13 +231,20 @@ def predict_many(
 
 
 def _slide_ids(tables: Sequence[AnnData]) -> list[str]:
-    """A file-name-safe name per slide from its samples; two slides with the same samples are refused."""
-    ids = ["+".join(re.sub(r"[^\w.-]", "_", str(sample)) for sample in samples_of(table)) for table in tables]
+    """A file-name-safe name per slide: its samples and a fingerprint of its spot names and coordinates.
+
+    The fingerprint keeps apart slides whose samples share a name (legacy ST ids repeat on
+    every section); the store itself also checks the image pixels under its spots.
+    """
+    ids = [
+        "+".join(re.sub(r"[^\w.-]", "_", str(sample)) for sample in samples_of(table)) + f"-{spots_fingerprint(table)}"
+        for table in tables
+    ]
     repeated = sorted({slide_id for slide_id in ids if ids.count(slide_id) > 1})
     if repeated:
         raise ValueError(
-            f"Several slides have the samples {repeated}, so they would share a store. Give each slide its own "
-            "`obs['sample']` (or drop the duplicates from `slides`)."
+            f"Several slides have the same samples, spot names and coordinates ({repeated}), so they would share a "
+            "store. Drop the duplicates from `slides`, or give each slide its own `obs['sample']`."
         )
     return ids
 

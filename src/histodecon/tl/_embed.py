@@ -19,6 +19,7 @@ from histodecon.pp import spot_patches
 from ._embed_request import checked_tables, image_slides, weights_per_model
 from ._embed_slide import embed_slide
 from ._embed_writer import write_embedding
+from ._patch_field import ENCODER_FIELD, EncoderField, field_encoder, with_patch_field
 
 
 @inject_docs
@@ -33,11 +34,14 @@ def embed(
     table_key: str = Key.tables.table,
     overwrite: bool = False,
     store: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    patch_size: int | EncoderField = ENCODER_FIELD,
+    mpp: float | None | EncoderField = ENCODER_FIELD,
 ) -> None:
     """Embed the image patch of every spot with each encoder in ``models``.
 
     For each model, the patches its registry entry asks for (``patch_size`` pixels at
-    ``mpp`` micrometres per pixel, see :func:`histodecon.encoders.get`) are read lazily
+    ``mpp`` micrometres per pixel, see :func:`histodecon.encoders.get`; ``patch_size=`` and
+    ``mpp=`` choose another field for this call) are read lazily
     from the slide by :func:`histodecon.pp.spot_patches`, in batches, by background
     threads that stay a few batches ahead of the model, so that reading overlaps compute
     and memory does not grow with the slide. Inference runs under
@@ -65,15 +69,25 @@ def embed(
         Path of a zarr directory where finished batches are saved as they complete (one
         group per model: the float32 embeddings and a per-spot done mask). Running again
         with the same store computes only the spots not yet done and gives the same result
-        as an uninterrupted run. A store made for other spots, another model or other
-        weights is refused. With a list of slides, pass one path per slide.
+        as an uninterrupted run. A store made for other spots, another model, other
+        weights or another patch field is refused. With a list of slides, pass one path per slide.
+    patch_size
+        Side in pixels of the patch cut around each spot, for every model of the call;
+        ``"encoder"`` (default) takes each encoder's own ``patch_size``. Patches are resized
+        to the encoder's ``input_size``.
+    mpp
+        Micrometres per pixel of the patches, for every model of the call; ``None`` cuts
+        ``patch_size`` pixels at the slide's native resolution (the paper's field: 224 px of
+        a her2st section at about 0.73 um/px cover about 164 um); ``"encoder"`` (default)
+        takes each encoder's own ``mpp`` (0.5 for the foundation models: 112 um at 224 px).
+        See :doc:`/large_slides` for the field of the weights-free encoder.
 
     Returns
     -------
     ``None``. Writes, for each model ``name``, ``obsm["X_<name>"]`` (float32, spots x
     dim, in table order) and its provenance ``uns["histodecon"]["embeddings"][name]``
-    (model, dim, weights file and sha256, patch size, input size, mpp, batch size, device,
-    autocast, package versions, date).
+    (model, dim, weights file and sha256, patch size, input size, mpp (``None``: native
+    pixels), batch size, device, autocast, package versions, date, and ``cost``: patches per second and peak memory).
 
     Examples
     --------
@@ -82,10 +96,16 @@ def embed(
     >>> hd.tl.embed(sdata, models=["handcrafted"])
     >>> sdata.tables["table"].obsm["X_handcrafted"].shape
     (50, 51)
+
+    The paper's field, 224 px at the slide's own resolution:
+
+    >>> hd.tl.embed(sdata, models=["handcrafted"], patch_size=224, mpp=None, overwrite=True)
+    >>> sdata.tables["table"].uns["histodecon"]["embeddings"]["handcrafted"]["mpp"] is None
+    True
     """
     slides = image_slides(data, "data")
     names = encoder_names(models, "models")
-    entries = [encoders.get(name) for name in names]
+    entries = [with_patch_field(encoders.get(name), patch_size=patch_size, mpp=mpp) for name in names]
     weights = weights_per_model(weights, names)
     stores = _stores_per_slide(store, len(slides))
     tables = checked_tables(
@@ -99,11 +119,17 @@ def embed(
     device = settings.torch_device(device)
     results: dict[tuple[int, str], tuple[np.ndarray, dict]] = {}
     for name, entry in zip(names, entries, strict=True):
-        encoder = encoders.load(name, weights=weights.get(name), device=device)
+        encoder = field_encoder(encoders.load(name, weights=weights.get(name), device=device), entry)
         for i, slide_patches in enumerate(patches):
             spots = slide_patches[entry.patch_size, entry.mpp]
             results[i, name] = embed_slide(
-                encoder, spots, device=device, batch_size=batch_size, num_workers=num_workers, store=stores[i]
+                encoder,
+                spots,
+                table=tables[i],
+                device=device,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                store=stores[i],
             )
         del encoder
 
@@ -124,4 +150,8 @@ def _stores_per_slide(store: Any, n_slides: int) -> list[str | os.PathLike | Non
     stores = list(store)
     if len(stores) != n_slides:
         raise ValueError(f"`store` has {len(stores)} paths for {n_slides} slides; pass one path per slide.")
+    resolved = [os.path.abspath(path) for path in stores]
+    shared = sorted({path for path in resolved if resolved.count(path) > 1})
+    if shared:
+        raise ValueError(f"`store` gives several slides the same path {shared}; pass one path per slide.")
     return stores

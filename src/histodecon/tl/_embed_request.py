@@ -12,7 +12,7 @@ from typing import Any
 from anndata import AnnData
 from spatialdata import SpatialData
 
-from histodecon._utils import as_slide_list, get_table
+from histodecon._utils import as_slide_list, check_positive_int, check_unique_names, get_table
 
 from ._embed_writer import check_embedding_absent
 
@@ -53,14 +53,33 @@ def checked_tables(
     table_key: str,
     overwrite: bool,
 ) -> list[AnnData]:
-    """The slides' tables, after checking the loop options, that every table has spots and no result is replaced."""
-    for value, what in ((batch_size, "batch_size"), (num_workers, "num_workers")):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{what}` must be a positive integer, got {value!r}.")
+    """The slides' tables, after checking the loop options and every slide, before anything is written.
+
+    Refused: counts that are not positive integers, a slide (or table) listed twice, a table
+    without spots or with repeated spot names, and results that would be replaced without
+    ``overwrite``.
+    """
+    check_positive_int(batch_size, "batch_size")
+    check_positive_int(num_workers, "num_workers")
     tables = [get_table(slide, table_key) for slide in slides]
-    for table in tables:
+    for kind, items in (("slide", slides), ("table", tables)):
+        first: dict[int, int] = {}
+        for i, item in enumerate(items):
+            if id(item) in first:
+                raise ValueError(
+                    f"The same {kind} is listed twice in the slides (positions {first[id(item)]} and {i}); "
+                    "each slide is embedded once: drop the repeat."
+                )
+            first[id(item)] = i
+    for i, table in enumerate(tables):
+        where = f"slide {i}" if len(tables) > 1 else "the slide"
         if table.n_obs == 0:
-            raise ValueError("A slide's table has no spots to embed; drop it from `slides`.")
+            raise ValueError(f"The table of {where} has no spots to embed; drop it from the slides.")
+        check_unique_names(
+            table.obs_names,
+            f"The spot names (`obs_names`) of {where}",
+            "Embeddings are stored and resumed by spot: make them unique with `adata.obs_names_make_unique()`.",
+        )
         for name in names:
             check_embedding_absent(table, name, overwrite=overwrite)
     return tables

@@ -16,8 +16,10 @@ from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 import torch
+from anndata import AnnData
 from tqdm.auto import tqdm
 
+from histodecon._cost import measure_cost
 from histodecon._settings import logger, settings
 from histodecon.encoders import PatchEncoder
 from histodecon.pp import SpotPatches
@@ -32,6 +34,7 @@ def embed_slide(
     encoder: PatchEncoder,
     patches: SpotPatches,
     *,
+    table: AnnData,
     device: torch.device,
     batch_size: int,
     num_workers: int,
@@ -39,12 +42,18 @@ def embed_slide(
 ) -> tuple[np.ndarray, dict]:
     """Embeddings ``(n, dim)`` of all spots of one slide and their provenance record.
 
+    The record's ``cost`` says what computing the embeddings cost: ``patches`` embedded (those
+    not already in the store), ``patches_per_second``, ``seconds``, ``peak_host_mb`` and, on
+    CUDA, ``peak_gpu_mb`` (:mod:`histodecon._cost`).
+
     Parameters
     ----------
     encoder
         A loaded encoder, on ``device``.
     patches
         The slide's spot patches at the encoder's ``patch_size`` and ``mpp``.
+    table
+        The slide's table, whose samples, spot names and coordinates identify the ``store``.
     device
         Where the batches are embedded; bfloat16 autocast on CUDA devices that support it.
     batch_size
@@ -53,16 +62,18 @@ def embed_slide(
         Threads reading patches ahead of the model.
     store
         Zarr directory of a :class:`StoredEmbedding` to save batches to and resume from, or ``None``.
+        Spots whose stored embedding is lost or corrupted are recomputed, with a warning.
     """
     n, dim, name = len(patches), encoder.dim, encoder.entry.name
-    saved = StoredEmbedding(store, encoder, patches, batch_size) if store is not None else None
-    out = saved.embedding[:] if saved is not None else np.empty((n, dim), np.float32)
-    todo = np.flatnonzero(~saved.done[:]) if saved is not None else np.arange(n)
+    saved = StoredEmbedding(store, encoder, patches, table, batch_size) if store is not None else None
+    out, finished = saved.finished() if saved is not None else (np.empty((n, dim), np.float32), np.zeros(n, bool))
+    todo = np.flatnonzero(~finished)
     if saved is not None and len(todo) < n:
         logger.info(f"Resuming {name!r} from {store}: {n - len(todo)} of {n} spots already embedded")
     autocast = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     with (
+        measure_cost(device) as cost,
         tqdm(total=len(todo), desc=f"embed {name}", unit="patch", disable=not settings.progress) as bar,
         torch.inference_mode(),
         torch.autocast(device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext(),
@@ -83,8 +94,9 @@ def embed_slide(
         "batch_size": batch_size,
         "device": str(device),
         "autocast": None if autocast is None else "bfloat16",
-        "versions": {"histodecon": _version("histodecon"), "torch": torch.__version__, "timm": _version("timm")},
+        "versions": {"histodecon": _version("histodecon"), "torch": str(torch.__version__), "timm": _version("timm")},
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cost": cost.record(patches=len(todo), patches_per_second=round(len(todo) / max(cost.seconds, 1e-9), 2)),
     }
     return out, record
 

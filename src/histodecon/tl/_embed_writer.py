@@ -17,7 +17,11 @@ def check_embedding_absent(table: AnnData, name: str, *, overwrite: bool) -> Non
 def write_embedding(table: AnnData, name: str, embedding: np.ndarray, record: dict, *, overwrite: bool) -> None:
     """Write model ``name``'s embeddings to ``obsm[Key.obsm.embedding(name)]`` and ``record`` to the provenance.
 
-    The record goes to ``uns[Key.uns.root][Key.uns.embeddings][name]``.
+    The record goes to ``uns[Key.uns.root][Key.uns.embeddings]`` under the key's name (``"uni"``, or
+    ``"timm_hf-hub_org_model"`` for ``"timm:hf-hub:org/model"``: names that zarr and h5ad can write), and
+    records the mapping: ``name`` (the encoder) and ``obsm_key``.
     """
-    write_result(table, "obsm", Key.obsm.embedding(name), embedding, overwrite=overwrite)
-    provenance(table).setdefault(Key.uns.embeddings, {})[name] = record
+    key = Key.obsm.embedding(name)
+    write_result(table, "obsm", key, embedding, overwrite=overwrite)
+    record = record | {"name": name, "obsm_key": key}
+    provenance(table).setdefault(Key.uns.embeddings, {})[key.removeprefix(Key.obsm.embedding_prefix)] = record

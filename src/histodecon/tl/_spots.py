@@ -13,6 +13,8 @@ from scipy import sparse
 from histodecon._constants import Key
 from histodecon._utils import Slide, cell_type_frame, check_finite_matrix, get_table
 
+from ._inputs import InputOptions, spot_inputs
+
 #: Spots are grouped by this ``obs`` column (early-stopping split of :func:`~histodecon.tl.fit`,
 #: folds of :func:`~histodecon.tl.cross_validate`) unless ``groupby=`` says otherwise.
 DEFAULT_GROUPBY = Key.obs.sample
@@ -37,7 +39,8 @@ class SpotTable:
     feature_keys
         Encoder names of the feature blocks, in order.
     dims
-        Width of each feature block.
+        Width of each feature block (the embeddings'; with a neighbourhood feature,
+        :attr:`features` is twice as wide).
     sample_names
         Sorted names in ``obs[Key.obs.sample]`` of the slides that have it: the training samples
         a model records.
@@ -137,7 +140,7 @@ def target_frame(adata: AnnData, target: str) -> pd.DataFrame:
     return frame
 
 
-def _in_tissue(adata: AnnData) -> np.ndarray:
+def in_tissue(adata: AnnData) -> np.ndarray:
     if Key.obs.in_tissue not in adata.obs:
         return np.ones(adata.n_obs, dtype=bool)
     return adata.obs[Key.obs.in_tissue].to_numpy(dtype=bool)
@@ -160,18 +163,22 @@ def spot_table(
     table_key: str = Key.tables.table,
     groupby: str | None = DEFAULT_GROUPBY,
     dims: Sequence[int] | None = None,
+    inputs: InputOptions | None = None,
 ) -> SpotTable:
     """Features, targets, groups and names of the in-tissue spots of ``slides``, in one pass.
 
     Targets are aligned by cell-type name to the first slide's column order; slides must
     have the same cell types and feature dims (``dims`` when given, else the first slide's).
-    Only spots with ``obs[Key.obs.in_tissue]`` True are taken when that column exists.
+    Only spots with ``obs[Key.obs.in_tissue]`` True are taken when that column exists. The
+    features are the regressor's inputs, built by ``inputs`` (``None``: :class:`InputOptions`'
+    defaults, per-slide standardisation).
     """
+    inputs = inputs if inputs is not None else InputOptions()
     xs, ys, groups, samples, obs_names, sample_names, cell_types = [], [], [], [], [], set(), None
     for i, slide in enumerate(slides):
         adata = get_table(slide, table_key)
-        keep = _in_tissue(adata)
-        x = feature_matrix(adata, features, dims)[keep]
+        keep = in_tissue(adata)
+        x = spot_inputs(adata, feature_matrix(adata, features, dims), keep, inputs)[keep]
         y = target_frame(adata, target)
         if dims is None:
             dims = [int(adata.obsm[Key.obsm.embedding(name)].shape[1]) for name in features]

@@ -22,12 +22,13 @@ from spatialdata import SpatialData
 from histodecon import encoders
 from histodecon._constants import Key
 from histodecon._settings import logger, settings
-from histodecon._utils import provenance
+from histodecon._utils import get_table, provenance
 from histodecon.pp import spot_patches
 
 from ._embed_slide import embed_slide
 from ._fit import predict
 from ._model_file import model_paths
+from ._patch_field import ENCODER_FIELD, EncoderField, field_encoder, with_patch_field
 from ._regressor import AbundanceRegressor
 
 #: glibc's ``mallopt`` parameter for the mmap threshold (malloc.h), and its largest value on
@@ -49,11 +50,15 @@ def embed_task(
     batch_size: int,
     num_workers: int,
     table_key: str,
+    patch_size: int | EncoderField = ENCODER_FIELD,
+    mpp: float | None | EncoderField = ENCODER_FIELD,
     models: dict | None = None,
 ) -> dict[str, tuple]:
     """Embeddings and provenance of one slide per model, saved batch by batch to ``store``.
 
-    ``models`` caches the loaded encoders; ``None`` uses this process's :data:`WORKER_MODELS`.
+    ``patch_size`` and ``mpp`` choose the patch field (:func:`histodecon.tl.embed`); the
+    registry ``entries`` and the cached encoders are left as they are. ``models`` caches the
+    loaded encoders; ``None`` uses this process's :data:`WORKER_MODELS`.
     """
     models = WORKER_MODELS if models is None else models
     torch_device = settings.torch_device(device)
@@ -65,9 +70,17 @@ def embed_task(
                 ("encoder", entry.name, weights.get(entry.name), str(torch_device)),
                 lambda entry=entry: load_encoder(entry, weights.get(entry.name), torch_device),
             )
-            patches = spot_patches(slide, size=entry.patch_size, mpp=entry.mpp, table_key=table_key)
+            field = with_patch_field(entry, patch_size=patch_size, mpp=mpp)
+            encoder = field_encoder(encoder, field)
+            patches = spot_patches(slide, size=field.patch_size, mpp=field.mpp, table_key=table_key)
             results[entry.name] = embed_slide(
-                encoder, patches, device=torch_device, batch_size=batch_size, num_workers=num_workers, store=store
+                encoder,
+                patches,
+                table=get_table(slide, table_key),
+                device=torch_device,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                store=store,
             )
     return results
 
