@@ -952,7 +952,7 @@ CASES = [
     pytest.param(
         lambda k: call(hd.pl.colocalization, k.coloc()),
         ValueError,
-        r"other cell types than that of 'abund': only in 'abund' \['adipocyte', 'endothelial'\]",
+        r"The labels of 'pred_abund' do not match those of 'abund': only in 'abund' \['adipocyte', 'endothelial'\].*put the panel with every label first",
         id="pl_colocalization-cell-types-differ",
     ),
     pytest.param(

@@ -11,8 +11,9 @@ exact peak for one measurement at a time, and for measurements that overlap (nes
 several threads) the peak since the earliest of them started, which can only overstate. Where
 the mark cannot be reset (other systems, a locked-down ``/proc``), the figure is the process's
 lifetime peak (``VmHWM`` unreset, or ``resource.getrusage``), an upper bound. Peak GPU memory is
-:func:`torch.cuda.max_memory_allocated` on the measured device, reset when a measurement
-starts: tensors torch allocated, not the memory its caching allocator reserved.
+:func:`torch.cuda.max_memory_allocated` on the measured device, reset likewise when the
+outermost measurement starts: tensors torch allocated, not the memory its caching allocator
+reserved.
 """
 
 from __future__ import annotations
@@ -83,13 +84,14 @@ def measure_cost(device: torch.device | str | None = None) -> Iterator[Cost]:
     global _active
     device = torch.device(device) if device is not None else torch.device("cpu")
     cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
     with _active_lock:
         if _active == 0:
             _reset_peak_rss()
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(device)
         _active += 1
-    if cuda:
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
     cost = Cost(_start=time.perf_counter())
     try:
         yield cost

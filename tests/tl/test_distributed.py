@@ -222,11 +222,12 @@ def test_cluster_predict_many_matches_predict(embedded_tables, client, tmp_path)
         pd.testing.assert_frame_equal(b.obsm["pred_abund"], truth)
 
 
-#: Run like a dask worker (the nanny's trim setting): does an 8 MiB buffer get its own mmap, before and after?
-_MMAP_PROBE = """
+#: Run like a dask worker (the nanny's trim setting): is an 8 MiB buffer mapped on its own, and
+#: are the heap pages of a freed one handed back to the system, before and after the tuning?
+_MALLOC_PROBE = """
 import ctypes
 import numpy as np
-from histodecon.tl._worker import raise_mmap_threshold
+from histodecon.tl._worker import tune_malloc
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in
@@ -240,15 +241,21 @@ def mapped_by_allocation():
     buffer = np.ones(2**20)
     return libc.mallinfo2().hblkhd - before >= buffer.nbytes
 
+def heap_trimmed_after_free():
+    buffer = np.ones(2**20)
+    grown = libc.mallinfo2().arena
+    del buffer
+    return grown - libc.mallinfo2().arena >= 2**23
+
 print(mapped_by_allocation())
-raise_mmap_threshold()
-print(mapped_by_allocation())
+tune_malloc()
+print(mapped_by_allocation(), heap_trimmed_after_free())
 """
 
 
 @pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "mallinfo2"), reason="needs glibc >= 2.33")
-def test_worker_serves_batch_buffers_from_the_heap():
+def test_worker_keeps_batch_buffers_in_its_heap():
     env = os.environ | {"MALLOC_TRIM_THRESHOLD_": "65536"}
     env.pop("MALLOC_MMAP_THRESHOLD_", None)
-    result = subprocess.run([sys.executable, "-c", _MMAP_PROBE], env=env, capture_output=True, text=True, check=True)
-    assert result.stdout.split() == ["True", "False"]
+    result = subprocess.run([sys.executable, "-c", _MALLOC_PROBE], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["True", "False", "False"]

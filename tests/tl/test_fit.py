@@ -266,9 +266,18 @@ def test_target_scale_proportion_predicts_compositions_and_abundance_amounts():
     )
 
 
+def test_target_scale_auto_keeps_the_units_of_the_target():
+    slides = [make_slide(f"s{i}", seed=i) for i in range(3)]
+    assert hd.tl.fit(slides, **SMALL).hyperparameters.target_scale == "abundance"  # cells per spot
+    for slide in slides:
+        abund = slide.obsm["abund"]
+        slide.obsm["abund"] = abund.div(abund.sum(axis=1), axis=0)
+    assert hd.tl.fit(slides, **SMALL).hyperparameters.target_scale == "proportion"
+
+
 def test_slide_scaling_and_neighbourhood_are_recorded_and_repeated_after_loading(tmp_path):
     slides = [with_geometry(make_slide(f"s{i}", n=100, seed=i)) for i in range(3)]
-    model = hd.tl.fit(slides, context_radius=250, **SMALL)
+    model = hd.tl.fit(slides, context_radius=250, target_scale="proportion", **SMALL)
     assert model.inputs.context_radius == 250.0 and model.inputs.feature_scaling == "slide"
     assert model.network.n_features == 12  # 6 embedding dims and their neighbourhood mean
     model.save(tmp_path / "model")

@@ -12,7 +12,8 @@ from safetensors.torch import load_file, save_file
 import histodecon as hd
 from histodecon.tl._model_file import record_checksum
 from histodecon.tl._network import loss_terms, training_loss
-from histodecon.tl._regressor import _validation_split
+from histodecon.tl._training import validation_split as _validation_split
+from histodecon.tl._training import weighted_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -63,7 +64,7 @@ def test_total_loss_weights_the_terms():
     expected = (mse + 0.3 * mae + 2.0 * pearson_loss).item()
     assert training_loss(pred, target, mae_weight=0.3, pearson_weight=2.0).item() == pytest.approx(expected)
     model = hd.tl.AbundanceRegressor(mae_weight=0.3, pearson_weight=2.0)
-    assert model._loss(pred, target).item() == pytest.approx(expected)
+    assert weighted_loss(model.hyperparameters, pred, target).item() == pytest.approx(expected)
 
 
 def test_former_loss_weight_names_still_work_with_a_warning():

@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from anndata import AnnData
 from spatialdata import SpatialData
 from tqdm.auto import tqdm
@@ -250,12 +249,21 @@ def _slide_ids(tables: Sequence[AnnData]) -> list[str]:
 
 
 def _embeddings_only(table: AnnData, features: Sequence[str] | None) -> AnnData:
-    """A table with the spot names and the embeddings of ``table`` (those of ``features`` if known)."""
+    """What ``predict`` reads of ``table``, and nothing more, to ship to a worker.
+
+    The spot names, the embeddings (those of ``features`` if known), the samples and in-tissue
+    flags (per-slide feature scaling), the spot centres and the samples' geometry record
+    (neighbourhood inputs).
+    """
     keys = [key for key in table.obsm if key.startswith(Key.obsm.embedding_prefix)]
     if features is not None:
         keys = [Key.obsm.embedding(name) for name in features if Key.obsm.embedding(name) in table.obsm]
-    obs = table.obs[[Key.obs.sample]] if Key.obs.sample in table.obs else pd.DataFrame(index=table.obs_names)
-    return AnnData(obs=obs.copy(), obsm={key: table.obsm[key] for key in keys})
+    if Key.obsm.spatial in table.obsm:
+        keys.append(Key.obsm.spatial)
+    columns = [column for column in (Key.obs.sample, Key.obs.in_tissue) if column in table.obs]
+    samples = table.uns.get(Key.uns.root, {}).get(Key.uns.samples)
+    uns = {Key.uns.root: {Key.uns.samples: samples}} if samples is not None else {}
+    return AnnData(obs=table.obs[columns].copy(), obsm={key: table.obsm[key] for key in keys}, uns=uns)
 
 
 def _run(

@@ -54,9 +54,10 @@ def fit(
     Only spots with ``obs["in_tissue"]`` True are used when that column exists. Features or
     targets with NaN or infinite values are refused, not silently dropped.
 
-    By default (``target_scale="proportion"``) the model predicts every spot's composition
-    (proportions summing to 1); pass ``target_scale="abundance"`` for amounts in the target's
-    units (cells per spot). Early stopping on held-out slides chooses the number of epochs;
+    A target of proportions (every spot's row sums to 1) gives a model that predicts every
+    spot's composition, any other target one that predicts amounts in its units (cells per
+    spot for cell2location's abundances): ``target_scale="auto"``, the default; pass
+    ``"proportion"`` or ``"abundance"`` to choose. Early stopping on held-out slides chooses the number of epochs;
     the returned model is then trained on every slide (see :class:`AbundanceRegressor`), and
     a warning says when its validation predictions look collapsed. The defaults were chosen
     by leave-one-section-out on her2st (``benchmarks/her2st_loso.py``, table in the README).

@@ -16,7 +16,9 @@ DEFAULT_HIDDEN = (256, 256, 128, 128, 64, 64)
 #: Former names of renamed hyperparameters (accepted with a FutureWarning for one release, and in model files).
 DEPRECATED_NAMES = {"l1": "mae_weight", "l2": "pearson_weight"}
 _INTEGERS = {"batch_size", "max_epochs", "patience", "seed"}
-TARGET_SCALES = ("proportion", "abundance")
+TARGET_SCALES = ("auto", "proportion", "abundance")
+#: Rows of a proportion target sum to 1 within this tolerance.
+PROPORTION_TOLERANCE = 1e-3
 #: Fields added after model-file version 2, with the value that reproduces the models saved before them.
 ADDED_FIELDS = {"target_scale": "abundance"}
 
@@ -55,9 +57,13 @@ class Hyperparameters:
         ``"proportion"``: the network predicts a composition (a softmax: every spot's
         predictions sum to 1), what the L1 score compares; ``"abundance"``: non-negative
         amounts in the target's units (cells per spot for cell2location's abundances), through
-        a softplus. Measured on leave-one-section-out over her2st B4, C2 and C3
-        (``benchmarks/her2st_loso.py``), proportions gave mean CC 0.302 and L1 0.609 against
-        0.272 and 0.658 for abundances (the mean predictor: L1 0.656), hence the default.
+        a softplus; ``"auto"`` (default): ``"proportion"`` when every training spot's target
+        sums to 1 (published proportions such as her2st's stereoscope ones), else
+        ``"abundance"``, so predictions keep the target's units. The fitted model records the
+        scale it used. Measured on leave-one-section-out over her2st B4, C2 and C3 with
+        proportion targets (``benchmarks/her2st_loso.py``), the composition output gave mean
+        CC 0.302 and L1 0.609 against 0.272 and 0.658 for the abundance output (the mean
+        predictor: L1 0.656).
 
     Examples
     --------
@@ -76,7 +82,7 @@ class Hyperparameters:
     patience: int = 10
     validation_fraction: float = 0.1
     seed: int = 0
-    target_scale: str = "proportion"
+    target_scale: str = "auto"
 
     def __post_init__(self) -> None:
         hidden = tuple(self.hidden) if isinstance(self.hidden, Sequence) else self.hidden
@@ -142,3 +148,10 @@ class Hyperparameters:
         """The keys of a record stored by model files of ``version``: 1 has the former names, 1 and 2 lack the added fields."""
         renamed = {new: old for old, new in DEPRECATED_NAMES.items()} if version == 1 else {}
         return {renamed.get(f.name, f.name) for f in fields(cls) if version >= 3 or f.name not in ADDED_FIELDS}
+
+
+def resolved_target_scale(target_scale: str, y: np.ndarray) -> str:
+    """``target_scale`` with ``"auto"`` decided by the target ``y``: proportions if every row sums to 1."""
+    if target_scale != "auto":
+        return target_scale
+    return "proportion" if np.allclose(y.sum(axis=1), 1.0, atol=PROPORTION_TOLERANCE) else "abundance"

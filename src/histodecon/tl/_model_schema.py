@@ -117,6 +117,8 @@ def check_record(record: Any, json_path: Path) -> dict:
 
     _check_hyperparameters(check, record["hyperparameters"], READABLE[version], hidden)
     target_scale = record["hyperparameters"].get("target_scale", ADDED_FIELDS["target_scale"])
+    if target_scale not in OUTPUTS:
+        check.fail("hyperparameters.target_scale", f"must be one of {sorted(OUTPUTS)}, got {target_scale!r}")
     if arch["output"] != OUTPUTS[target_scale]:
         check.fail(
             "architecture.output",

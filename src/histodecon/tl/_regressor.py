@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import math
-import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -12,49 +11,21 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
-from tqdm.auto import tqdm
 
 from histodecon._settings import logger, settings
-from histodecon._utils import check_finite_matrix, check_positive_int
-from histodecon.metrics._scores import cc_score, l1_score
+from histodecon._utils import check_positive_int
 
-from ._baselines import RidgeBaseline
+from ._collapse import compositions, validation_scores, warn_if_collapsed
 from ._hub import locate_model, push_model
-from ._hyperparameters import Hyperparameters
+from ._hyperparameters import Hyperparameters, resolved_target_scale
 from ._inputs import LEGACY as LEGACY_INPUTS
 from ._inputs import InputOptions
 from ._model_file import read_model_file, write_model_file
-from ._network import OUTPUTS, AbundanceNetwork, training_loss
+from ._network import AbundanceNetwork
+from ._training import checked_training_data, finite_matrix, new_network, train, validation_split
 
 _PREDICT_CHUNK = 8192
 _HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss"]
-#: Predictions whose spread on the validation spots is below this fraction of the truth's have collapsed.
-COLLAPSE_SPREAD = 0.1
-
-
-def _validation_split(
-    n: int, groups: np.ndarray | None, fraction: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray, str]:
-    """Indices of training and validation spots, and how they were split.
-
-    With three or more groups (slides), whole groups are held out so that validation spots
-    are not neighbours of training spots; otherwise a random ``fraction`` of spots is.
-    """
-    if groups is not None:
-        names = np.unique(groups)
-        if len(names) >= 3:
-            n_val = min(max(1, round(fraction * len(names))), len(names) - 1)
-            held_out = rng.permutation(names)[:n_val]
-            is_val = np.isin(groups, held_out)
-            return np.flatnonzero(~is_val), np.flatnonzero(is_val), "groups"
-    order = rng.permutation(n)
-    n_val = min(max(1, round(fraction * n)), n - 1)
-    return np.sort(order[n_val:]), np.sort(order[:n_val]), "spots"
-
-
-def _matrix(values: Any, name: str) -> np.ndarray:
-    return check_finite_matrix(values, f"`{name}`", rows=f"of {len(values)} rows", fix="Drop those spots first.")
 
 
 class AbundanceRegressor:
@@ -208,64 +179,34 @@ class AbundanceRegressor:
         >>> model.provenance["validation_split"]
         'groups'
         """
-        x = _matrix(X, "X")
-        y = _matrix(Y, "Y")
-        if len(x) != len(y):
-            raise ValueError(f"`X` has {len(x)} spots but `Y` has {len(y)}; pass one target row per feature row.")
-        if (y < 0).any():
-            raise ValueError("`Y` has negative values; the targets must be abundances or proportions (>= 0).")
-        if len(x) < 4:
-            raise ValueError(f"Training needs at least 4 spots, got {len(x)}.")
-        inputs = inputs if inputs is not None else InputOptions(**LEGACY_INPUTS)
-        n_embedding = x.shape[1] // 2 if inputs.context_radius is not None else x.shape[1]
-        feature_dims = dict(feature_dims) if feature_dims is not None else {"features": n_embedding}
-        if inputs.width(sum(feature_dims.values())) != x.shape[1]:
-            raise ValueError(
-                f"`feature_dims` {feature_dims} add up to {sum(feature_dims.values())} columns, "
-                f"{inputs.width(sum(feature_dims.values()))} inputs with {inputs}, but `X` has {x.shape[1]}."
-            )
-        if groups is not None:
-            groups = np.asarray(groups).astype(str)
-            if groups.shape != (len(x),):
-                raise ValueError(f"`groups` must give one group per spot ({len(x)}), got shape {groups.shape}.")
-        cell_types = [str(c) for c in Y.columns] if isinstance(Y, pd.DataFrame) else [str(i) for i in range(y.shape[1])]
-        if len(set(cell_types)) != len(cell_types):
-            raise ValueError(f"`Y` has duplicate cell-type columns: {cell_types}.")
-
-        hp = self.hyperparameters
+        x, y, groups, feature_dims, cell_types, inputs = checked_training_data(X, Y, groups, feature_dims, inputs)
+        hp = replace(self.hyperparameters, target_scale=resolved_target_scale(self.hyperparameters.target_scale, y))
         if hp.target_scale == "proportion":
-            y = _compositions(y)
+            y = compositions(y)
         rng = np.random.default_rng(hp.seed)
-        train_idx, val_idx, split = _validation_split(len(x), groups, hp.validation_fraction, rng)
+        train_idx, val_idx, split = validation_split(len(x), groups, hp.validation_fraction, rng)
         device = settings.torch_device(self.device)
-        network, x_all, y_all = self._network(x, y, train_idx, device)
-        history, best_state, best_loss, best_epoch = self._train(
-            network, x_all[train_idx], y_all[train_idx], x_all[val_idx], y_all[val_idx]
+        network, x_all, y_all = new_network(hp, x, y, train_idx, device)
+        history, best_state, best_loss, best_epoch = train(
+            hp, network, x_all[train_idx], y_all[train_idx], x_all[val_idx], y_all[val_idx]
         )
         del x_all, y_all
         if best_state is None:
             raise RuntimeError("Training diverged: the validation loss was never finite. Lower `lr` and fit again.")
         network.load_state_dict(best_state)
         network.eval()
-        val_pred = network.predict(x[val_idx], device=device, batch_size=_PREDICT_CHUNK)
-        ridge = RidgeBaseline.fit(
-            x[train_idx], y[train_idx], groups=groups[train_idx] if groups is not None else None, seed=hp.seed
+        self.validation_scores = validation_scores(
+            network, x, y, train_idx, val_idx, best_loss, groups=groups, device=device, seed=hp.seed
         )
-        self.validation_scores = {
-            "loss": best_loss,
-            "cc": cc_score(y[val_idx], val_pred),
-            "l1": l1_score(y[val_idx], val_pred),
-            "spread": _spread(y[val_idx], val_pred),
-            "ridge_cc": cc_score(y[val_idx], ridge.predict(x[val_idx])),
-        }
-        _warn_if_collapsed(self.validation_scores)
+        warn_if_collapsed(self.validation_scores)
 
         # The final network: trained afresh on every spot for the early-stopped number of epochs.
-        network, x_all, y_all = self._network(x, y, np.arange(len(x)), device)
-        self._train(network, x_all, y_all, None, None, epochs=best_epoch)
+        network, x_all, y_all = new_network(hp, x, y, np.arange(len(x)), device)
+        train(hp, network, x_all, y_all, None, None, epochs=best_epoch)
         del x_all, y_all
         network.eval()
         self.network = network
+        self.hyperparameters = hp  # with the target scale "auto" resolved
         self.feature_keys, self.feature_dims = list(feature_dims), [int(d) for d in feature_dims.values()]
         self.cell_types = cell_types
         self.inputs = inputs
@@ -290,71 +231,6 @@ class AbundanceRegressor:
             f"{self.validation_scores['cc']:.3f}, L1 {self.validation_scores['l1']:.3f}"
         )
         return self
-
-    def _network(
-        self, x: np.ndarray, y: np.ndarray, scaler_idx: np.ndarray, device: torch.device
-    ) -> tuple[AbundanceNetwork, torch.Tensor, torch.Tensor]:
-        """A freshly seeded network scaled by the spots ``scaler_idx``, and all spots scaled, on ``device``."""
-        hp = self.hyperparameters
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(hp.seed)
-            network = AbundanceNetwork(x.shape[1], hp.hidden, y.shape[1], output=OUTPUTS[hp.target_scale])
-        network.set_scaler(x[scaler_idx], y[scaler_idx])
-        network = network.to(device)
-        x_all = (torch.from_numpy(x).to(device) - network.x_mean) / network.x_scale
-        return network, x_all, torch.from_numpy(y).to(device) / network.y_scale
-
-    def _train(
-        self,
-        network: AbundanceNetwork,
-        x_train: torch.Tensor,
-        y_train: torch.Tensor,
-        x_val: torch.Tensor | None,
-        y_val: torch.Tensor | None,
-        *,
-        epochs: int | None = None,
-    ) -> tuple[list[tuple[int, float, float]], dict, float, int]:
-        """The training loop: tensors stay on the device, minibatches are slices of a permutation.
-
-        With validation tensors, early stopping (up to ``max_epochs``); without, ``epochs`` epochs.
-        """
-        hp = self.hyperparameters
-        optimizer = torch.optim.AdamW(network.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        generator = torch.Generator().manual_seed(hp.seed)
-        n, batch_size = len(x_train), hp.batch_size
-        history: list[tuple[int, float, float]] = []
-        best_state, best_loss, best_epoch = None, math.inf, 0
-        epochs = tqdm(
-            range(1, (epochs or hp.max_epochs) + 1), desc="training", leave=False, disable=not settings.progress
-        )
-        for epoch in epochs:
-            network.train()
-            order = torch.randperm(n, generator=generator).to(x_train.device)
-            total = 0.0
-            for start in range(0, n, batch_size):
-                index = order[start : start + batch_size]
-                loss = self._loss(network.forward_scaled(x_train[index]), y_train[index])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += loss.item() * len(index)
-            network.eval()
-            if x_val is None:
-                continue
-            with torch.no_grad():
-                val_loss = self._loss(network.forward_scaled(x_val), y_val).item()
-            history.append((epoch, total / n, val_loss))
-            epochs.set_postfix(val_loss=f"{val_loss:.4f}")
-            if val_loss < best_loss:
-                best_loss, best_epoch = val_loss, epoch
-                best_state = {name: value.detach().clone() for name, value in network.state_dict().items()}
-            elif epoch - best_epoch >= hp.patience:
-                break
-        return history, best_state, best_loss, best_epoch
-
-    def _loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        hp = self.hyperparameters
-        return training_loss(pred, target, mae_weight=hp.mae_weight, pearson_weight=hp.pearson_weight)
 
     # ---------------------------------------------------------------------------- inference
     def _check_fitted(self) -> AbundanceNetwork:
@@ -387,7 +263,7 @@ class AbundanceRegressor:
         True
         """
         network = self._check_fitted()
-        x = _matrix(X, "X")
+        x = finite_matrix(X, "X")
         if x.shape[1] != self.inputs.width(sum(self.feature_dims)):
             raise ValueError(
                 f"`X` has {x.shape[1]} features but the model was trained on {self.inputs.width(sum(self.feature_dims))} "
@@ -512,40 +388,3 @@ class AbundanceRegressor:
         'https://huggingface.co/my-lab/her2st-conch-uni'
         """
         return push_model(self, repo_id, private=private, token=token, commit_message=commit_message)
-
-
-def _compositions(y: np.ndarray) -> np.ndarray:
-    """Every row divided by its sum; a row summing to 0 becomes the uniform composition."""
-    sums = y.sum(axis=1, keepdims=True)
-    return np.where(sums > 0, y / np.where(sums > 0, sums, 1), 1 / y.shape[1]).astype(np.float32)
-
-
-def _spread(truth: np.ndarray, pred: np.ndarray) -> float:
-    """Mean over cell types whose truth varies of sd(prediction) / sd(truth)."""
-    sd = truth.std(axis=0)
-    varies = sd > 0
-    return float(np.mean(pred.std(axis=0)[varies] / sd[varies])) if varies.any() else float("nan")
-
-
-def _warn_if_collapsed(scores: Mapping[str, float]) -> None:
-    """Warn when the validation predictions barely vary, or correlate worse than ridge regression."""
-    problems = []
-    if scores["spread"] < COLLAPSE_SPREAD:
-        problems.append(
-            f"their spread is {scores['spread']:.2f} of the truth's (per cell type, on average): "
-            "they barely move from the mean"
-        )
-    if scores["cc"] < scores["ridge_cc"]:
-        problems.append(
-            f"their CC ({scores['cc']:.3f}) is below that of ridge regression on the same features "
-            f"({scores['ridge_cc']:.3f})"
-        )
-    if problems:
-        warnings.warn(
-            "The regressor's predictions on the validation spots look collapsed: "
-            + "; ".join(problems)
-            + ". Train on more slides or spots, or try a smaller `hidden`, another `weight_decay` or `lr`; "
-            "compare with `hd.tl.cross_validate(..., baselines=('mean', 'ridge'))`.",
-            UserWarning,
-            stacklevel=3,
-        )

@@ -31,10 +31,13 @@ from ._model_file import model_paths
 from ._patch_field import ENCODER_FIELD, EncoderField, field_encoder, with_patch_field
 from ._regressor import AbundanceRegressor
 
-#: glibc's ``mallopt`` parameter for the mmap threshold (malloc.h), and its largest value on
-#: 64-bit systems (``DEFAULT_MMAP_THRESHOLD_MAX``).
+#: glibc's ``mallopt`` parameters (malloc.h) and the values a worker sets: the largest mmap
+#: threshold on 64-bit systems (``DEFAULT_MMAP_THRESHOLD_MAX``), and twice it as the trim
+#: threshold, the ratio glibc itself keeps when it adjusts the two.
+M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 32 * 2**20
+TRIM_THRESHOLD = 2 * MMAP_THRESHOLD
 #: Models loaded in this process, reused by every slide a dask worker embeds or predicts.
 WORKER_MODELS: dict[tuple, Any] = {}
 _WORKER_MODELS_LOCK = threading.Lock()
@@ -134,7 +137,7 @@ def worker_settings() -> Iterator[None]:
     except (ImportError, ValueError):
         yield
         return
-    raise_mmap_threshold()
+    tune_malloc()
     shown, settings.progress = settings.progress, False
     try:
         with dask.config.set(scheduler="threads"):
@@ -144,22 +147,29 @@ def worker_settings() -> Iterator[None]:
 
 
 @functools.cache
-def raise_mmap_threshold() -> None:
-    """Let a dask worker serve torch's batch-sized buffers from the heap instead of fresh mmaps.
+def tune_malloc() -> None:
+    """Let a dask worker keep torch's batch-sized buffers in its heap, as a plain process does.
 
     Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536`` so that they give memory
     back to the system. Setting it also freezes glibc's mmap threshold at 128 KiB, so every
-    tensor of a batch is mapped, zero-filled page by page, and unmapped again: a worker embedded
-    half as many slides per minute with the weights-free encoder (``benchmarks/scale.py``). Raising
-    the mmap threshold to 32 MiB, once per worker process, restores the speed and leaves the
-    trimming of freed memory to dask's setting. Skipped where the threshold was set explicitly,
-    where the trim setting is absent, or without glibc.
+    tensor of a batch is mapped, zero-filled page by page, and unmapped again; and freeing a
+    batch's buffers at the top of the heap hands their pages back, to be faulted in again by
+    the next batch. With the weights-free encoder (``benchmarks/scale.py``) a worker left that
+    way embedded half as many slides per minute, and with only the mmap threshold raised still
+    made 17 times the page faults of a plain process and spent about a tenth more CPU per slide.
+    Once per worker process, this sets the mmap threshold to 32 MiB and the trim threshold to
+    64 MiB (glibc's own ratio): freed memory beyond 64 MiB at the top of the heap still goes
+    back to the system. Skipped where the mmap threshold was set explicitly, where the trim
+    setting is absent or already as large, or without glibc.
     """
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+    trim = os.environ.get("MALLOC_TRIM_THRESHOLD_", "")
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or not trim.isdigit() or int(trim) >= TRIM_THRESHOLD:
         return
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
         return
-    if mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD):
-        logger.debug(f"Raised this worker's malloc mmap threshold to {MMAP_THRESHOLD} bytes.")
+    if mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD):
+        logger.debug(
+            f"Set this worker's malloc mmap and trim thresholds to {MMAP_THRESHOLD} and {TRIM_THRESHOLD} bytes."
+        )

@@ -1,0 +1,80 @@
+"""Checks of a trained regressor on its validation spots: compositions, spread and the collapse warning."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from histodecon.metrics._scores import cc_score, l1_score
+
+from ._baselines import RidgeBaseline
+from ._network import AbundanceNetwork
+
+#: Predictions whose spread on the validation spots is below this fraction of the truth's have collapsed.
+COLLAPSE_SPREAD = 0.1
+
+
+def compositions(y: np.ndarray) -> np.ndarray:
+    """Every row divided by its sum; a row summing to 0 becomes the uniform composition."""
+    sums = y.sum(axis=1, keepdims=True)
+    return np.where(sums > 0, y / np.where(sums > 0, sums, 1), 1 / y.shape[1]).astype(np.float32)
+
+
+def spread(truth: np.ndarray, pred: np.ndarray) -> float:
+    """Mean over cell types whose truth varies of sd(prediction) / sd(truth)."""
+    sd = truth.std(axis=0)
+    varies = sd > 0
+    return float(np.mean(pred.std(axis=0)[varies] / sd[varies])) if varies.any() else float("nan")
+
+
+def warn_if_collapsed(scores: Mapping[str, float]) -> None:
+    """Warn when the validation predictions barely vary, or correlate worse than ridge regression."""
+    problems = []
+    if scores["spread"] < COLLAPSE_SPREAD:
+        problems.append(
+            f"their spread is {scores['spread']:.2f} of the truth's (per cell type, on average): "
+            "they barely move from the mean"
+        )
+    if scores["cc"] < scores["ridge_cc"]:
+        problems.append(
+            f"their CC ({scores['cc']:.3f}) is below that of ridge regression on the same features "
+            f"({scores['ridge_cc']:.3f})"
+        )
+    if problems:
+        warnings.warn(
+            "The regressor's predictions on the validation spots look collapsed: "
+            + "; ".join(problems)
+            + ". Train on more slides or spots, or try a smaller `hidden`, another `weight_decay` or `lr`; "
+            "compare with `hd.tl.cross_validate(..., baselines=('mean', 'ridge'))`.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def validation_scores(
+    network: AbundanceNetwork,
+    x: np.ndarray,
+    y: np.ndarray,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    loss: float,
+    *,
+    groups: np.ndarray | None,
+    device: torch.device,
+    seed: int,
+) -> dict[str, float]:
+    """Scores of the early-stopped ``network`` on the validation spots, beside ridge fitted on the training spots."""
+    val_pred = network.predict(x[val_idx], device=device, batch_size=len(val_idx))
+    ridge = RidgeBaseline.fit(
+        x[train_idx], y[train_idx], groups=groups[train_idx] if groups is not None else None, seed=seed
+    )
+    return {
+        "loss": loss,
+        "cc": cc_score(y[val_idx], val_pred),
+        "l1": l1_score(y[val_idx], val_pred),
+        "spread": spread(y[val_idx], val_pred),
+        "ridge_cc": cc_score(y[val_idx], ridge.predict(x[val_idx])),
+    }
