@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import huggingface_hub.constants
 import pytest
+import torch
 
+import histodecon as hd
 from histodecon._constants import Key
 from histodecon.encoders import _registry
 
@@ -27,3 +29,19 @@ def registry(monkeypatch):
     monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))
     monkeypatch.setattr(_registry, "_SCHEMES", dict(_registry._SCHEMES))
     return _registry._REGISTRY
+
+
+def _meta_count_and_dim(name: str) -> tuple[int, int]:
+    """Parameter count and output length of an entry's architecture, without allocating it."""
+    entry = hd.encoders.get(name)
+    with torch.device("meta"):
+        model = entry.build()
+        out = model(torch.empty(2, 3, entry.input_size, entry.input_size))
+    assert out.shape[0] == 2
+    return sum(p.numel() for p in model.parameters()), out.shape[-1]
+
+
+@pytest.fixture
+def meta_count_and_dim():
+    """``name -> (parameter count, output length)`` of a registered encoder, built on the meta device."""
+    return _meta_count_and_dim

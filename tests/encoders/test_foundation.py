@@ -21,16 +21,6 @@ from histodecon.io._build import build_sdata
 transforms = pytest.importorskip("torchvision.transforms", reason="torchvision gives the model cards' transforms")
 
 
-def meta_count_and_dim(name: str) -> tuple[int, int]:
-    """Parameter count and output length of an entry's architecture, without allocating it."""
-    entry = hd.encoders.get(name)
-    with torch.device("meta"):
-        model = entry.build()
-        out = model(torch.empty(2, 3, entry.input_size, entry.input_size))
-    assert out.shape[0] == 2
-    return sum(p.numel() for p in model.parameters()), out.shape[-1]
-
-
 @pytest.mark.parametrize(
     ("name", "millions", "dim"),
     [
@@ -42,7 +32,7 @@ def meta_count_and_dim(name: str) -> tuple[int, int]:
         ("conch15", 307, 768),  # ViT-L/16 at 448 px (785 positions) + pooler; 306.7M
     ],
 )
-def test_parameter_count_and_dim(name, millions, dim):
+def test_parameter_count_and_dim(name, millions, dim, meta_count_and_dim):
     count, out_dim = meta_count_and_dim(name)
     assert round(count / 1e6) == millions
     assert out_dim == hd.encoders.get(name).dim == dim

@@ -80,6 +80,26 @@ def test_cached_weights_load_offline_without_the_classifier(cached_repo):
     assert encoder.provenance["weights"].endswith("model.safetensors")
 
 
+def test_a_repository_with_only_a_pytorch_checkpoint_loads_it():
+    source = source_model()
+    put_in_hf_cache(
+        {
+            "config.json": lambda path: path.write_text(json.dumps(CONFIG)),
+            "pytorch_model.bin": lambda path: torch.save(source.state_dict(), path),
+        }
+    )
+    hf_hub_entry.cache_clear()
+    try:
+        encoder = hd.encoders.load(f"timm:hf-hub:{REPO}", device="cpu")
+    finally:
+        hf_hub_entry.cache_clear()
+    assert encoder.provenance["weights"].endswith("pytorch_model.bin")
+    patches = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        expected = source.forward_head(source.forward_features(encoder.preprocess(patches)), pre_logits=True)
+        torch.testing.assert_close(encoder(patches), expected, rtol=0, atol=0)
+
+
 def test_weights_dir_is_read_before_the_cache(tmp_path, monkeypatch):
     folder = tmp_path / f"timm:hf-hub:{REPO}"
     folder.mkdir(parents=True)

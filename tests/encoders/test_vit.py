@@ -7,18 +7,8 @@ import histodecon as hd
 from histodecon._constants import Key
 
 
-def meta_count_and_dim(name: str) -> tuple[int, int]:
-    """Parameter count and output length of an entry's architecture, without allocating it."""
-    entry = hd.encoders.get(name)
-    with torch.device("meta"):
-        model = entry.build()
-        out = model(torch.empty(2, 3, entry.input_size, entry.input_size))
-    assert out.shape[0] == 2
-    return sum(p.numel() for p in model.parameters()), out.shape[-1]
-
-
 @pytest.mark.parametrize(("name", "millions", "dim"), [("uni", 303, 1024), ("uni2", 681, 1536)])
-def test_parameter_count_and_dim(name, millions, dim):
+def test_parameter_count_and_dim(name, millions, dim, meta_count_and_dim):
     count, out_dim = meta_count_and_dim(name)
     assert round(count / 1e6) == millions
     assert out_dim == hd.encoders.get(name).dim == dim

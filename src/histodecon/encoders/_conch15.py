@@ -28,16 +28,8 @@ PATCH = 16
 class ConchV15Pooler(nn.Module):
     """CONCH v1.5's attentional pooler: learned queries attend to the trunk's tokens, no biases.
 
-    Parameters
-    ----------
-    dim
-        Width of the queries and of the output.
-    context_dim
-        Width of the tokens attended to.
-    n_heads
-        Attention heads.
-    n_queries
-        Number of learned queries, i.e. of output vectors per image.
+    Its parameters are those of CONCH v1's :class:`~histodecon.encoders._conch.AttentionalPooler`;
+    the projections are its own ``to_q`` / ``to_kv`` / ``to_out``, as TITAN names them.
     """
 
     def __init__(self, dim: int, context_dim: int, *, n_heads: int, n_queries: int) -> None:

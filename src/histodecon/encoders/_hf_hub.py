@@ -24,6 +24,8 @@ from ._weights import _from_hub
 
 #: The file of a timm Hub repository that names the architecture and its preprocessing.
 CONFIG_FILE = "config.json"
+#: The weights files a timm Hub repository may hold, in order of preference (safetensors first).
+WEIGHTS_FILES = (TIMM_WEIGHTS_FILE, "pytorch_model.bin")
 #: Name scheme of these entries, and the prefix of their registry names.
 SCHEME = "timm:hf-hub"
 PREFIX = f"{SCHEME}:"
@@ -101,11 +103,19 @@ def hf_hub_entry(repo_id: str) -> Encoder:
         interpolation=interpolation if interpolation in RESIZE_MODES else "bicubic",
         weights=WeightsSource(
             repo_id,
-            TIMM_WEIGHTS_FILE,
+            weights_file(config_path),
             extract=partial(drop_classifier, classifier=(classifier,) if isinstance(classifier, str) else classifier),
         ),
         description=f"timm model {architecture!r} from https://huggingface.co/{repo_id}, without its classifier.",
     )
+
+
+def weights_file(config_path: Path) -> str:
+    """The weights file beside ``config.json``: ``model.safetensors``, else ``pytorch_model.bin`` (older repositories).
+
+    Where neither is there yet (the config came alone), the safetensors file is asked for.
+    """
+    return next((name for name in WEIGHTS_FILES if (config_path.parent / name).is_file()), TIMM_WEIGHTS_FILE)
 
 
 register_scheme(SCHEME, hf_hub_entry, description="any timm model on the Hugging Face Hub", placeholder="repo id")
