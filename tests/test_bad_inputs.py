@@ -1086,6 +1086,14 @@ def _repeat_first_name(attr: str) -> Callable[[AnnData], None]:
     return edit
 
 
+def _slash_cell_type(adata: AnnData) -> None:
+    adata.obsm["abund"] = adata.obsm["abund"].rename(columns={"tumour": "tumour/cancer"})
+
+
+def _slash_label(adata: AnnData) -> None:
+    adata.obs["cell_type"] = adata.obs["cell_type"].astype(str).replace({"tumour": "tumour/cancer"})
+
+
 def _string_column(adata: AnnData) -> None:
     adata.obsm["abund"] = adata.obsm["abund"].assign(tumour=adata.obsm["abund"]["tumour"].map("{:.3f}".format))
 
@@ -1344,6 +1352,20 @@ ISSUE15_CASES = [
         ValueError,
         _POSITIVE.format("max_epochs", r"1\.5"),
         id="cross_validate-fractional-epochs",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.fit, edited(k.table(), _slash_cell_type), features=["handcrafted"], hidden=(8,)),
+        ValueError,
+        r"Cell types of `obsm\['abund'\]` of slide .* \['tumour/cancer'\] contain '/'.*Rename them",
+        id="fit-slash-in-cell-type",
+    ),
+    pytest.param(
+        lambda k: call(
+            hd.tl.deconvolve, k.counts(), edited(copy.deepcopy(k.reference), _slash_label), labels_key="cell_type"
+        ),
+        ValueError,
+        r"Cell types of `obs\['cell_type'\]` of the reference \['tumour/cancer'\] contain '/'.*Rename them",
+        id="deconvolve-slash-in-cell-type",
     ),
     # ---- deconvolve: duplicated genes, counts, priors, devices
     pytest.param(

@@ -284,3 +284,13 @@ def cell_type_frame(adata: AnnData, key: str, *, missing: str) -> pd.DataFrame:
             f"`obsm[{key!r}]` has non-numeric columns {non_numeric}; pass a spots x cell types matrix of numbers."
         )
     return frame
+
+
+def check_storable_names(names: Sequence[str], what: str, fix: str) -> None:
+    """Refuse cell-type names with ``/``: zarr (``SpatialData.write``) cannot store them as column keys."""
+    slashed = [name for name in map(str, names) if "/" in name]
+    if slashed:
+        raise ValueError(
+            f"{what} {slashed[:5]} contain '/', which `SpatialData.write` (zarr) cannot store as a column name, "
+            f"so the results could not be saved. {fix}"
+        )

@@ -16,6 +16,7 @@ from scipy import sparse
 
 from histodecon._docs import inject_docs
 from histodecon._settings import logger, settings
+from histodecon._utils import check_storable_names
 
 #: cell2location's ``filter_genes`` defaults: genes seen in more than 5% of cells are kept, and
 #: genes seen in more than 15 cells if their mean count where detected exceeds 1.12.
@@ -89,6 +90,11 @@ def check_labels(ref: AnnData, labels_key: str | None) -> pd.Series:
             + ", ".join(f"{name} ({n})" for name, n in rare.items())
             + f". Merge them into broader types or drop them from `obs[{labels_key!r}]`."
         )
+    check_storable_names(
+        counts.index,
+        f"Cell types of `obs[{labels_key!r}]` of the reference",
+        f"Rename them, e.g. `ref.obs[{labels_key!r}] = ref.obs[{labels_key!r}].astype(str).str.replace('/', '_')`.",
+    )
     labels = labels.astype("category").cat.remove_unused_categories()
     return labels.cat.rename_categories([str(name) for name in labels.cat.categories])
 

@@ -11,7 +11,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from histodecon._constants import Key
-from histodecon._utils import Slide, cell_type_frame, check_finite_matrix, get_table
+from histodecon._utils import Slide, cell_type_frame, check_finite_matrix, check_storable_names, get_table
 
 from ._inputs import InputOptions, spot_inputs
 
@@ -137,6 +137,11 @@ def target_frame(adata: AnnData, target: str) -> pd.DataFrame:
         raise ValueError(
             f"Target `obsm[{target!r}]` of slide {slide_name(adata)} has negative values; abundances must be >= 0."
         )
+    check_storable_names(
+        frame.columns,
+        f"Cell types of `obsm[{target!r}]` of slide {slide_name(adata)}",
+        "Rename them, e.g. `frame.columns = frame.columns.str.replace('/', '_')`.",
+    )
     return frame
 
 
