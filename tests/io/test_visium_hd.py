@@ -1,12 +1,14 @@
 """Visium HD Space Ranger folders (feature_slice.h5, binned_outputs/square_XXXum/), generated in 10x's layout."""
 
 import json
+import shutil
 
 import h5py
 import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from PIL import Image
 from scipy import sparse
 
 import histodecon as hd
@@ -93,6 +95,7 @@ def visium_hd_outs(tmp_path_factory):
     hires = image[::4, ::4].copy()
     (outs / "spatial").mkdir()
     tifffile.imwrite(outs / "spatial" / "hires.tif", hires, photometric="rgb")
+    Image.fromarray(hires).save(outs / "spatial" / "tissue_hires_image.png")
     return outs, counts16, centres16, image
 
 
@@ -122,6 +125,16 @@ def test_visium_hd_field_and_bin_choice(visium_hd_outs):
     geometry = sample_geometry(sdata, "outs", table_key="table")
     assert (geometry.mpp, geometry.spot_diameter_px) == (MPP, 110.0)
     assert sdata.tables["table"].n_obs == 48 and sample_info(sdata.tables["table"])["bin_size_um"] == 8.0
+
+
+def test_visium_hd_hires_without_microscope_image(visium_hd_outs, tmp_path):
+    outs, counts, centres, _ = visium_hd_outs
+    copy = shutil.copytree(outs, tmp_path / "outs", ignore=shutil.ignore_patterns("microscope_image"))
+    sdata = hd.io.read_visium_hd(copy)
+    geometry = sample_geometry(sdata, "outs", table_key="table")
+    assert (geometry.mpp, geometry.spot_diameter_px) == (MPP / HIRES_SCALE, 16 * HIRES_SCALE / MPP)
+    expected = pd.DataFrame(centres * HIRES_SCALE, index=counts.index).loc[sdata.tables["table"].obs_names]
+    np.testing.assert_allclose(sdata.tables["table"].obsm["spatial"], expected)
 
 
 def test_visium_hd_errors(visium_hd_outs):
