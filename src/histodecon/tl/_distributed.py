@@ -204,7 +204,7 @@ def predict_many(
     """
     slides = as_slide_list(slides)
     if isinstance(model, AbundanceRegressor):
-        model._check_fitted()
+        model.check_fitted()
         features = model.feature_keys
     elif isinstance(model, str | os.PathLike):
         _, sidecar = model_paths(model)

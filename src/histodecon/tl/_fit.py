@@ -180,7 +180,7 @@ def predict(
             f"`model` must be an AbundanceRegressor, a saved model's path or a Hub repository id, got "
             f"{type(model).__name__}; train one with `hd.tl.fit` or read one with `hd.tl.AbundanceRegressor.load`."
         )
-    model._check_fitted()
+    model.check_fitted()
     table = get_table(data, table_key)
     if table.n_obs == 0:
         raise ValueError("The table has no spots to predict; read a slide with spots (`hd.io`) first.")

@@ -100,7 +100,7 @@ def push_model(model: Any, repo_id: str, *, private: bool, token: str | None, co
 
     if not is_repo_id(repo_id):
         raise ValueError(f"{repo_id!r} is not a Hugging Face repository id; pass `'<owner>/<name>'`.")
-    model._check_fitted()
+    model.check_fitted()
     token = token or get_token()
     if token is None:
         raise RuntimeError(

@@ -233,7 +233,8 @@ class AbundanceRegressor:
         return self
 
     # ---------------------------------------------------------------------------- inference
-    def _check_fitted(self) -> AbundanceNetwork:
+    def check_fitted(self) -> AbundanceNetwork:
+        """The trained network; an error that says to fit or load first when there is none."""
         if self.network is None:
             raise RuntimeError("This AbundanceRegressor is not fitted: call `fit` or `AbundanceRegressor.load` first.")
         return self.network
@@ -262,7 +263,7 @@ class AbundanceRegressor:
         >>> bool((model.predict(X) >= 0).all())
         True
         """
-        network = self._check_fitted()
+        network = self.check_fitted()
         x = finite_matrix(X, "X")
         if x.shape[1] != self.inputs.width(sum(self.feature_dims)):
             raise ValueError(
@@ -307,7 +308,7 @@ class AbundanceRegressor:
             "best_epoch": self.best_epoch,
             "validation_scores": self.validation_scores,
         }
-        write_model_file(path, self._check_fitted(), record, overwrite=overwrite)
+        write_model_file(path, self.check_fitted(), record, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | None = None) -> AbundanceRegressor:
