@@ -915,6 +915,12 @@ CASES = [
         id="moran_r-zero-permutations",
     ),
     pytest.param(
+        lambda k: call(hd.gr.moran_r, k.coloc(), key="abund", key_added="again", n_perms=True),
+        ValueError,
+        r"`n_perms` must be a positive integer or None, got True",
+        id="moran_r-bool-permutations",
+    ),
+    pytest.param(
         lambda k: call(hd.gr.moran_r, k.coloc(), key="abund", key_added="again", sample="B1"),
         KeyError,
         r"No sample 'B1' in `obs\['sample'\]`; known samples: \['synthetic'\]",

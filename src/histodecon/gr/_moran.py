@@ -275,7 +275,7 @@ def moran_r(
     adata = get_table(data, table_key)
     key_added = key_added or Key.uns.moran(key)
     check_overwrite(adata.uns, key_added, "adata.uns", overwrite)
-    if n_perms is not None and (not isinstance(n_perms, int | np.integer) or n_perms < 1):
+    if n_perms is not None and (isinstance(n_perms, bool) or not isinstance(n_perms, int | np.integer) or n_perms < 1):
         raise ValueError(f"`n_perms` must be a positive integer or None, got {n_perms!r}.")
     frame = _abundances(adata, key)
     std = _standardise(frame, _weights(adata, connectivity_key), _blocks(adata, sample))
