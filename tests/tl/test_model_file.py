@@ -340,6 +340,10 @@ def test_model_loads_offline_by_repo_id_from_the_hf_cache(model, tmp_path, hf_ca
     pd.testing.assert_frame_equal(table.obsm["pred_abund"], expected.obsm["pred_abund"])
     np.testing.assert_array_equal(table.obsm["pred_abund"].to_numpy(), model.predict(x))
 
+    many = embedded_table(x)
+    hd.tl.predict_many([many], REPO)
+    pd.testing.assert_frame_equal(many.obsm["pred_abund"], expected.obsm["pred_abund"])
+
 
 def test_cached_files_are_checked_like_local_ones(model, tmp_path, hf_cache):
     folder = tmp_path / "upload"

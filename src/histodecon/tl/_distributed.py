@@ -33,6 +33,7 @@ from histodecon._utils import (
 from ._embed_request import checked_tables, image_slides, weights_per_model
 from ._embed_store import spots_fingerprint
 from ._embed_writer import write_embedding
+from ._hub import locate_model
 from ._model_file import model_paths
 from ._patch_field import ENCODER_FIELD, EncoderField, with_patch_field
 from ._regressor import AbundanceRegressor
@@ -176,8 +177,9 @@ def predict_many(
     slides
         SpatialData or AnnData slides holding the embeddings the model was trained on.
     model
-        A fitted :class:`AbundanceRegressor`, or the path given to
-        :meth:`AbundanceRegressor.save` (readable by every worker).
+        A fitted :class:`AbundanceRegressor`, the path given to
+        :meth:`AbundanceRegressor.save` (readable by every worker), or a Hugging Face Hub
+        repository id, fetched into the local cache before the tasks start.
     client
         A :class:`distributed.Client`; ``None`` predicts one slide after another here.
     resources
@@ -207,6 +209,7 @@ def predict_many(
         model.check_fitted()
         features = model.feature_keys
     elif isinstance(model, str | os.PathLike):
+        model = locate_model(model)  # a Hub repository id: downloaded (or found in the cache) here, once
         _, sidecar = model_paths(model)
         if not sidecar.exists():
             raise FileNotFoundError(f"{sidecar} not found; pass a fitted model or the path given to `model.save`.")
