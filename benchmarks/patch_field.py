@@ -10,7 +10,9 @@ for each field:
 - `100px@1.0` — the spot itself: 100 um at 1 um/px;
 - `224px@1.0` — a wider context: 224 um at 1 um/px;
 - `112px@2.0` — the same 224 um at 2 um/px, the resolution the encoder sees of `224px@1.0`
-  (its `input_size` is 112 px), read from four times fewer pixels.
+  (its `input_size` is 112 px), read from four times fewer pixels;
+- `112px@2.24spots` — the encoder's default now: 112 px across 2.24 spot diameters (her2st's
+  spots are 100 um wide, so 224 um at 2 um/px), embedded with `hd.tl.embed`'s defaults.
 
 Each field is scored by `hd.tl.cross_validate(groupby="sample")`: the default regressor (one
 run per seed), ridge and the mean predictor on the same folds. Per field: mean CC and L1 over
@@ -32,13 +34,14 @@ from _common import peak_rss_mb, write_results
 import histodecon as hd
 
 SECTIONS = ("B4", "C2", "C3")
-#: name: (patch_size, mpp); mpp None reads native pixels.
+#: name: (patch_size, mpp); mpp None reads native pixels, "encoder" the entry's own field.
 FIELDS = {
     "112px@1.0": (112, 1.0),
     "224px@native": (224, None),
     "100px@1.0": (100, 1.0),
     "224px@1.0": (224, 1.0),
     "112px@2.0": (112, 2.0),
+    "112px@2.24spots": ("encoder", "encoder"),
 }
 
 
@@ -57,13 +60,18 @@ def main() -> None:
     hd.settings.progress = False
     slides = [hd.datasets.her2st(s, data_dir=args.data_dir, proportions="major") for s in SECTIONS]
 
-    rows, timings = [], {}
+    rows, timings, patch_mpps = [], {}, {}
     for field in args.fields:
         patch_size, mpp = FIELDS[field]
         start = time.perf_counter()
         for sdata in slides:
             hd.tl.embed(sdata, models=["handcrafted"], patch_size=patch_size, mpp=mpp, overwrite=True)
         timings[f"{field}_embed_s"] = time.perf_counter() - start
+        patch_mpps[field] = {
+            sample: mpp
+            for sdata in slides
+            for sample, mpp in sdata.tables["table"].uns["histodecon"]["embeddings"]["handcrafted"]["patch_mpp"].items()
+        }
         for i, seed in enumerate(args.seeds):
             cv = hd.tl.cross_validate(
                 slides,
@@ -88,6 +96,7 @@ def main() -> None:
             "target": "stereoscope major proportions (8 types)",
             "encoder": "handcrafted",
             "fields": {name: {"patch_size": FIELDS[name][0], "mpp": FIELDS[name][1]} for name in args.fields},
+            "patch_mpp": patch_mpps,
             "mlp_seeds": args.seeds,
             "per_section": per_section.to_dict(orient="records"),
             "mean": means.to_dict(orient="records"),

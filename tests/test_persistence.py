@@ -234,8 +234,9 @@ def test_spatialdata_built_elsewhere_is_adopted_and_embedded_like_read_st(her2st
     np.testing.assert_array_equal(hd.pp.spot_patches(adopted)[:], hd.pp.spot_patches(reference)[:])
     first = slice(0, 64)  # embedding every spot twice takes long; the patches of all were compared above
     adopted.tables["table"], reference.tables["table"] = theirs[first].copy(), ours[first].copy()
-    hd.tl.embed(adopted, models=["handcrafted"])
-    hd.tl.embed(reference, models=["handcrafted"])
+    # a fixed field: handcrafted's own follows the spot size, and these circles (140 px) are not read_st's 100 um
+    hd.tl.embed(adopted, models=["handcrafted"], mpp=1.0)
+    hd.tl.embed(reference, models=["handcrafted"], mpp=1.0)
     embeddings = [s.tables["table"].obsm["X_handcrafted"] for s in (adopted, reference)]
     np.testing.assert_array_equal(*embeddings)
 

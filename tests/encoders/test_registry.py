@@ -66,7 +66,14 @@ def test_registered_module_embeds_uint8_patches(registry):
     embedding = encoder(patches)
     assert embedding.dtype == torch.float32
     torch.testing.assert_close(embedding, torch.tensor([[0.2, 0.0, 0.0], [0.0, 0.0, 0.5]]))
-    assert encoder.provenance == {"model": "mean_rgb", "dim": 3, "input_size": 224, "patch_size": 224, "mpp": 0.5}
+    assert encoder.provenance == {
+        "model": "mean_rgb",
+        "dim": 3,
+        "input_size": 224,
+        "patch_size": 224,
+        "mpp": 0.5,
+        "field_spots": None,
+    }
 
 
 def test_patches_are_resized_and_normalised(registry):

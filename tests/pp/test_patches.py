@@ -127,6 +127,17 @@ def test_several_samples_read_their_own_image(slide_from_image):
     for k, (img, (x, y)) in enumerate([(two, centres[0]), (one, centres[0]), (two, centres[1]), (one, centres[1])]):
         np.testing.assert_array_equal(got[k], _crop(img, x, y, 40))
     np.testing.assert_array_equal(patches.mpp, [1.0, 0.5, 1.0, 0.5])
+    assert patches.sample_mpp == {"B": 1.0, "A": 0.5}
+    # one um/px per sample: B at its native 1 um/px is the crop; A (0.5 um/px) is read over a field twice as wide
+    per_sample = hd.pp.spot_patches(sdata, size=40, mpp={"A": 1.0, "B": 1.0})
+    np.testing.assert_array_equal(per_sample.mpp, 1.0)
+    np.testing.assert_array_equal(per_sample[[0, 2]], got[[0, 2]])
+    red_span = [int(p[20, -1, 0]) - int(p[20, 0, 0]) for p in (got[1], per_sample[1])]  # red = full-res column
+    assert red_span == [39, pytest.approx(78, abs=2)]
+    with pytest.raises(KeyError, match=r"no micrometres per pixel for samples \['B'\]"):
+        hd.pp.spot_patches(sdata, size=40, mpp={"A": 1.0})
+    with pytest.raises(ValueError, match="`mpp` must be a positive number"):
+        hd.pp.spot_patches(sdata, size=40, mpp={"A": 1.0, "B": 0})
 
 
 def test_reads_only_the_chunks_under_the_patches_and_bounds_the_cache(monkeypatch, slide_from_image):

@@ -393,6 +393,27 @@ def test_mpp_and_patch_size_choose_the_field(flat):
     assert np.abs(embedded[2 * FIELD, 1.0] - embedded[FIELD, 1.0]).mean() > 0.05
 
 
+@pytest.mark.parametrize("spot_um", [55.0, 100.0])
+def test_handcrafted_reads_a_field_of_spot_diameters(spot_um):
+    entry = hd.encoders.get("handcrafted")
+    sdata = hd.datasets.synthetic(n_spots=12, seed=0, spot_diameter_um=spot_um)
+    table = sdata.tables["table"]
+    hd.tl.embed(sdata, device="cpu")
+    record = table.uns["histodecon"]["embeddings"]["handcrafted"]
+    field_mpp = 2.24 * spot_um / 112  # 1.1 um/px on Visium's 55 um spots, 2.0 on legacy ST's 100 um
+    assert (record["field_spots"], record["patch_size"]) == (entry.field_spots, 112) == (2.24, 112)
+    assert record["patch_mpp"] == {"synthetic": pytest.approx(field_mpp)}
+    by_spots = table.obsm["X_handcrafted"].copy()
+    # the same patches as the fixed field of that um/px ...
+    hd.tl.embed(sdata, device="cpu", mpp=field_mpp, overwrite=True)
+    np.testing.assert_allclose(table.obsm["X_handcrafted"], by_spots, rtol=1e-5, atol=1e-6)
+    # ... and an explicit mpp overrides the spot-relative field
+    hd.tl.embed(sdata, device="cpu", mpp=1.0, overwrite=True)
+    record = table.uns["histodecon"]["embeddings"]["handcrafted"]
+    assert (record["field_spots"], record["mpp"], record["patch_mpp"]) == (None, 1.0, {"synthetic": 1.0})
+    assert np.abs(table.obsm["X_handcrafted"] - by_spots).mean() > 1e-3
+
+
 def test_the_field_record_is_written_by_spatialdata_and_h5ad(flat, tmp_path):
     from anndata import read_h5ad
     from spatialdata import read_zarr
@@ -404,6 +425,7 @@ def test_the_field_record_is_written_by_spatialdata_and_h5ad(flat, tmp_path):
     for table in (read_zarr(tmp_path / "slide.zarr").tables["table"], read_h5ad(tmp_path / "table.h5ad")):
         record = table.uns["histodecon"]["embeddings"]["flat"]
         assert record["mpp"] is None and record["patch_size"] == 6
+        assert record["field_spots"] is None and record["patch_mpp"] == {"F": 1.0}
 
 
 def test_a_store_of_another_field_is_refused(flat, tmp_path):

@@ -90,6 +90,7 @@ def load(name: str, *, weights: str | PathLike | None = None, device: str | torc
         "input_size": entry.input_size,
         "patch_size": entry.patch_size,
         "mpp": entry.mpp,
+        "field_spots": entry.field_spots,
     }
     if found is not None:
         state, path, sha256 = found

@@ -1,11 +1,12 @@
 """The weights-free ``handcrafted`` encoder: stain, colour, texture and nuclear-density statistics.
 
 It makes every function usable on any machine without downloading a foundation model, and is
-the honest baseline those models must beat. The entry reads 112 px patches at 1 um/px: the
-same 112 um field as a foundation model's 224 px at 0.5 um/px, with nuclei (6-10 um) still
-several pixels across, at a quarter of the pixels. All statistics are computed for a whole
-batch at once (no loop over patches), in float32 even under autocast, and do not change when
-the patch is flipped or rotated by 90 degrees (exactly so for sides divisible by 16).
+the honest baseline those models must beat. The entry reads 112 px patches whose side is 2.24
+spot diameters: about 123 um at 1.1 um/px on Visium's 55 um spots, 224 um at 2 um/px on
+legacy ST's 100 um spots, with nuclei (6-10 um) still a few pixels across. On her2st that
+field beats a fixed 112 um (see ``docs/large_slides.md``). All statistics are computed for a
+whole batch at once (no loop over patches), in float32 even under autocast, and do not change
+when the patch is flipped or rotated by 90 degrees (exactly so for sides divisible by 16).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ GRADIENT_SCALES = (1, 2, 4)
 LOCAL_BLOCKS = (4, 16)
 #: Block side for the spatial heterogeneity (sd of block means) of grey and haematoxylin.
 HETEROGENEITY_BLOCK = 16
-#: Blob densities are counted per this many pixels (a (100 um)^2 at the entry's 1 um/px).
+#: Blob densities are counted per this many pixels (a (100 um)^2 at 1 um/px).
 BLOB_AREA = 10_000
 
 _RGB = ("r", "g", "b")
@@ -235,7 +236,8 @@ register(
         build=HandcraftedFeatures,
         input_size=112,
         patch_size=112,
-        mpp=1.0,
+        mpp=1.0,  # the field where `field_spots` is switched off
+        field_spots=2.24,
         mean=None,
         std=None,
         description="Weights-free stain (HED), colour, texture and nuclear-density statistics; the CPU baseline.",

@@ -65,6 +65,12 @@ class Encoder:
         Side in pixels of the patch cut around each spot at ``mpp``.
     mpp
         Micrometres per pixel the model was trained at; ``None`` uses the slide's own.
+        Not used where ``field_spots`` is set.
+    field_spots
+        Patch side in spot diameters, or ``None``. When set, each sample's patches are cut at
+        ``field_spots * spot_diameter_um / patch_size`` micrometres per pixel, so that the
+        field follows the spot size of the technology (wider on 100 um legacy ST spots than
+        on 55 um Visium spots) instead of a fixed ``mpp``.
     mean, std
         Per-channel normalisation of ``[0, 1]`` RGB, or ``None`` to feed ``[0, 1]`` RGB as is.
     interpolation
@@ -81,6 +87,7 @@ class Encoder:
     input_size: int = 224
     patch_size: int = 224
     mpp: float | None = 0.5
+    field_spots: float | None = None
     mean: tuple[float, float, float] | None = IMAGENET_MEAN
     std: tuple[float, float, float] | None = IMAGENET_STD
     interpolation: str = "bilinear"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import dask
 import dask.array as da
@@ -123,11 +123,15 @@ class SpotPatches:
         Spot names, in table order.
     mpp
         Micrometres per pixel of each spot's patch.
+    sample_mpp
+        Micrometres per pixel of the patches of each sample (plain floats, by sample name).
     padded
         Whether each spot's patch reaches past the image border (that part is white).
     """
 
-    def __init__(self, sdata: SpatialData, *, size: int, mpp: float | None, table_key: str) -> None:
+    def __init__(
+        self, sdata: SpatialData, *, size: int, mpp: float | None | Mapping[str, float | None], table_key: str
+    ) -> None:
         if not isinstance(sdata, SpatialData):
             raise TypeError(
                 f"spot_patches needs a SpatialData (the images are read from it), got {type(sdata).__name__}. "
@@ -135,22 +139,28 @@ class SpotPatches:
             )
         if isinstance(size, bool) or not isinstance(size, int | np.integer) or size <= 0:
             raise ValueError(f"`size` must be a positive integer number of pixels, got {size!r}.")
-        if mpp is not None and (
-            isinstance(mpp, bool) or not isinstance(mpp, int | float | np.number) or not (np.isfinite(mpp) and mpp > 0)
-        ):
-            raise ValueError(f"`mpp` must be a positive number of micrometres per pixel or None, got {mpp!r}.")
+        for value in mpp.values() if isinstance(mpp, Mapping) else [mpp]:
+            if value is not None and (
+                isinstance(value, bool)
+                or not isinstance(value, int | float | np.number)
+                or not (np.isfinite(value) and value > 0)
+            ):
+                raise ValueError(f"`mpp` must be a positive number of micrometres per pixel or None, got {value!r}.")
         adata = get_table(sdata, table_key)
         spatial = Key.obsm.spatial
         if spatial not in adata.obsm:
             raise KeyError(f"The table has no `obsm[{spatial!r}]` spot centres. Read the slide with `hd.io`.")
         centres = check_centres(adata.obsm[spatial], adata.obs_names, f"`obsm[{spatial!r}]`")
         geometries = sample_geometries(sdata, table_key=table_key)
+        if isinstance(mpp, Mapping) and (missing := sorted(set(geometries) - set(mpp))):
+            raise KeyError(f"`mpp` gives no micrometres per pixel for samples {missing}; give one for every sample.")
         spot_samples = adata.obs[Key.obs.sample].astype(str).to_numpy()
 
         self.size = int(size)
         self.obs_names = pd.Index(adata.obs_names)
         n = adata.n_obs
         self.mpp = np.empty(n)
+        self.sample_mpp: dict[str, float] = {}
         self.padded = np.zeros(n, dtype=bool)
         self._level = np.zeros(n, dtype=np.intp)
         self._origin = np.zeros((n, 2), dtype=np.int64)  # (y0, x0) of the read window in level pixels
@@ -164,7 +174,9 @@ class SpotPatches:
         for sample, geometry in geometries.items():
             spots = np.flatnonzero(spot_samples == sample)
             check_spot_spacing(centres[spots], geometry.mpp, f"sample {sample!r}")
-            self._add_sample(sdata.images[geometry.image_key], geometry, spots, centres[spots], mpp)
+            sample_mpp = mpp[sample] if isinstance(mpp, Mapping) else mpp
+            self._add_sample(sdata.images[geometry.image_key], geometry, spots, centres[spots], sample_mpp)
+            self.sample_mpp[sample] = float(geometry.mpp if sample_mpp is None else sample_mpp)
 
     def _add_sample(
         self, element, geometry: SampleGeometry, spots: np.ndarray, centres: np.ndarray, mpp: float | None
@@ -268,7 +280,11 @@ class SpotPatches:
 
 
 def spot_patches(
-    sdata: SpatialData, *, size: int = 224, mpp: float | None = None, table_key: str = Key.tables.table
+    sdata: SpatialData,
+    *,
+    size: int = 224,
+    mpp: float | None | Mapping[str, float | None] = None,
+    table_key: str = Key.tables.table,
 ) -> SpotPatches:
     """Lazy, indexable patches of ``size`` x ``size`` RGB pixels centred on every spot.
 
@@ -291,7 +307,8 @@ def spot_patches(
         ``x0 .. x0 + size - 1`` with ``x0 = round(x - size / 2)`` (rows likewise). Otherwise
         the coarsest pyramid level that is not coarser than ``mpp`` is read and the window
         of ``size * mpp`` micrometres around the spot centre is resampled (bilinear, with
-        antialiasing) to exactly ``size`` pixels.
+        antialiasing) to exactly ``size`` pixels. A mapping gives each sample its own
+        (e.g. a field of a few spot diameters, whatever the spot size of each slide).
     table_key
         Name of the table whose spots are read.
 
@@ -309,5 +326,13 @@ def spot_patches(
     (224, 224, 3)
     >>> for index, batch in patches.batches(64):  # doctest: +SKIP
     ...     print(index[0], batch.shape)
+
+    A field of two spot diameters, at the um/px it needs on each sample:
+
+    >>> sdata = hd.datasets.synthetic(n_spots=50, seed=0)
+    >>> spot_um = 55.0  # Visium
+    >>> patches = hd.pp.spot_patches(sdata, size=112, mpp={"synthetic": 2 * spot_um / 112})
+    >>> round(patches.sample_mpp["synthetic"] * 112)
+    110
     """
     return SpotPatches(sdata, size=size, mpp=mpp, table_key=table_key)

@@ -19,7 +19,7 @@ from histodecon.pp import spot_patches
 from ._embed_request import checked_tables, image_slides, weights_per_model
 from ._embed_slide import embed_slide
 from ._embed_writer import write_embedding
-from ._patch_field import ENCODER_FIELD, EncoderField, field_encoder, with_patch_field
+from ._patch_field import ENCODER_FIELD, EncoderField, field_encoder, patch_mpp, with_patch_field
 
 
 @inject_docs
@@ -40,8 +40,9 @@ def embed(
     """Embed the image patch of every spot with each encoder in ``models``.
 
     For each model, the patches its registry entry asks for (``patch_size`` pixels at
-    ``mpp`` micrometres per pixel, see :func:`histodecon.encoders.get`; ``patch_size=`` and
-    ``mpp=`` choose another field for this call) are read lazily
+    ``mpp`` micrometres per pixel, or a side of ``field_spots`` spot diameters, see
+    :func:`histodecon.encoders.get`; ``patch_size=`` and ``mpp=`` choose another field for
+    this call) are read lazily
     from the slide by :func:`histodecon.pp.spot_patches`, in batches, by background
     threads that stay a few batches ahead of the model, so that reading overlaps compute
     and memory does not grow with the slide. Inference runs under
@@ -79,7 +80,9 @@ def embed(
         Micrometres per pixel of the patches, for every model of the call; ``None`` cuts
         ``patch_size`` pixels at the slide's native resolution (the paper's field: 224 px of
         a her2st section at about 0.73 um/px cover about 164 um); ``"encoder"`` (default)
-        takes each encoder's own ``mpp`` (0.5 for the foundation models: 112 um at 224 px).
+        takes each encoder's own field (0.5 um/px for the foundation models: 112 um at 224 px;
+        2.24 spot diameters for ``handcrafted``: 224 um on 100 um legacy ST spots, 123 um on
+        55 um Visium spots). A number or ``None`` here replaces an encoder's ``field_spots``.
         See :doc:`/large_slides` for the field of the weights-free encoder.
 
     Returns
@@ -87,7 +90,8 @@ def embed(
     ``None``. Writes, for each model ``name``, ``obsm["X_<name>"]`` (float32, spots x
     dim, in table order) and its provenance ``uns["histodecon"]["embeddings"][name]``
     (model, dim, weights file and sha256, patch size, input size, mpp (``None``: native
-    pixels), batch size, device, autocast, package versions, date, and ``cost``: patches per second and peak memory).
+    pixels), ``field_spots``, ``patch_mpp`` (the um/px read, per sample), batch size,
+    device, autocast, package versions, date, and ``cost``: patches per second and peak memory).
 
     Examples
     --------
@@ -102,6 +106,12 @@ def embed(
     >>> hd.tl.embed(sdata, models=["handcrafted"], patch_size=224, mpp=None, overwrite=True)
     >>> sdata.tables["table"].uns["histodecon"]["embeddings"]["handcrafted"]["mpp"] is None
     True
+
+    By default ``handcrafted`` reads 2.24 spot diameters (the synthetic spots are 55 um wide):
+
+    >>> hd.tl.embed(sdata, models=["handcrafted"], overwrite=True)
+    >>> sdata.tables["table"].uns["histodecon"]["embeddings"]["handcrafted"]["patch_mpp"]
+    {'synthetic': 1.1}
     """
     slides = image_slides(data, "data")
     names = encoder_names(models, "models")
@@ -112,7 +122,12 @@ def embed(
         slides, names, batch_size=batch_size, num_workers=num_workers, table_key=table_key, overwrite=overwrite
     )
     patches = [
-        {(e.patch_size, e.mpp): spot_patches(slide, size=e.patch_size, mpp=e.mpp, table_key=table_key) for e in entries}
+        {
+            _field(e): spot_patches(
+                slide, size=e.patch_size, mpp=patch_mpp(e, slide, table_key=table_key), table_key=table_key
+            )
+            for e in entries
+        }
         for slide in slides
     ]
 
@@ -121,7 +136,7 @@ def embed(
     for name, entry in zip(names, entries, strict=True):
         encoder = field_encoder(encoders.load(name, weights=weights.get(name), device=device), entry)
         for i, slide_patches in enumerate(patches):
-            spots = slide_patches[entry.patch_size, entry.mpp]
+            spots = slide_patches[_field(entry)]
             results[i, name] = embed_slide(
                 encoder,
                 spots,
@@ -137,6 +152,11 @@ def embed(
         for name in names:
             embedding, record = results[i, name]
             write_embedding(table, name, embedding, record, overwrite=overwrite)
+
+
+def _field(entry: encoders.Encoder) -> tuple:
+    """What decides the patches an entry reads: models sharing it share one reader per slide."""
+    return entry.patch_size, entry.mpp, entry.field_spots
 
 
 def _stores_per_slide(store: Any, n_slides: int) -> list[str | os.PathLike | None]:

@@ -91,6 +91,7 @@ def embed_slide(
             bar.update(len(index))
     record = {"weights": None, "weights_sha256": None} | encoder.provenance
     record |= {
+        "patch_mpp": dict(patches.sample_mpp),
         "batch_size": batch_size,
         "device": str(device),
         "autocast": None if autocast is None else "bfloat16",

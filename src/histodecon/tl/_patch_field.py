@@ -1,7 +1,9 @@
 """The patch field of an embedding: ``patch_size`` pixels at ``mpp`` micrometres per pixel, per call.
 
-Every encoder's registry entry names the field it was trained on; :func:`histodecon.tl.embed`
-may choose another for one call (the paper cuts 224 px at the slide's native resolution).
+Every encoder's registry entry names the field it was trained on, either a fixed ``mpp`` or a
+side of ``field_spots`` spot diameters (then each sample has its own um/px);
+:func:`histodecon.tl.embed` may choose another for one call (the paper cuts 224 px at the
+slide's native resolution).
 The choice travels with the loaded encoder, so the store identity and the provenance record
 name the field that was read.
 """
@@ -12,6 +14,9 @@ import copy
 import dataclasses
 from typing import Literal
 
+from spatialdata import SpatialData
+
+from histodecon._geometry import sample_geometries
 from histodecon._utils import check_positive, check_positive_int
 from histodecon.encoders import Encoder, PatchEncoder
 
@@ -26,7 +31,9 @@ def with_patch_field(
 ) -> Encoder:
     """``entry`` with ``patch_size`` and ``mpp`` replaced where they are not :data:`ENCODER_FIELD`.
 
-    ``mpp=None`` reads native pixels of the slide. Bad values raise before anything is read.
+    ``mpp=None`` reads native pixels of the slide. A chosen ``mpp`` switches the entry's
+    ``field_spots`` off; a chosen ``patch_size`` alone keeps it (the same field in more or
+    fewer pixels). Bad values raise before anything is read.
     """
     changes: dict = {}
     if not (isinstance(patch_size, str) and patch_size == ENCODER_FIELD):
@@ -35,15 +42,31 @@ def with_patch_field(
         if mpp is not None:
             check_positive(mpp, "mpp")
             mpp = float(mpp)
-        changes["mpp"] = mpp
+        changes |= {"mpp": mpp, "field_spots": None}
     return dataclasses.replace(entry, **changes) if changes else entry
 
 
 def field_encoder(encoder: PatchEncoder, entry: Encoder) -> PatchEncoder:
     """``encoder`` reading the field of ``entry``, sharing its module (the loaded encoder is left as it is)."""
-    if (entry.patch_size, entry.mpp) == (encoder.entry.patch_size, encoder.entry.mpp):
+    field = (entry.patch_size, entry.mpp, entry.field_spots)
+    if field == (encoder.entry.patch_size, encoder.entry.mpp, encoder.entry.field_spots):
         return encoder
     chosen = copy.copy(encoder)
     chosen.entry = entry
-    chosen.provenance = encoder.provenance | {"patch_size": entry.patch_size, "mpp": entry.mpp}
+    chosen.provenance = encoder.provenance | dict(zip(("patch_size", "mpp", "field_spots"), field, strict=True))
     return chosen
+
+
+def patch_mpp(entry: Encoder, sdata: SpatialData, *, table_key: str) -> float | None | dict[str, float]:
+    """The um/px at which ``entry`` reads ``sdata``: its ``mpp``, or one per sample from ``field_spots``.
+
+    With ``field_spots``, sample ``s`` is read at ``field_spots * spot diameter (um) / patch_size``,
+    the spot diameter coming from the sample's geometry (:mod:`histodecon._geometry`).
+    """
+    if entry.field_spots is None:
+        return entry.mpp
+    geometries = sample_geometries(sdata, table_key=table_key)
+    return {
+        sample: entry.field_spots * geometry.spot_diameter_px * geometry.mpp / entry.patch_size
+        for sample, geometry in geometries.items()
+    }

@@ -28,7 +28,7 @@ from histodecon.pp import spot_patches
 from ._embed_slide import embed_slide
 from ._fit import predict
 from ._model_file import model_paths
-from ._patch_field import ENCODER_FIELD, EncoderField, field_encoder, with_patch_field
+from ._patch_field import ENCODER_FIELD, EncoderField, field_encoder, patch_mpp, with_patch_field
 from ._regressor import AbundanceRegressor
 
 #: glibc's ``mallopt`` parameters (malloc.h) and the values a worker sets: the largest mmap
@@ -75,7 +75,8 @@ def embed_task(
             )
             field = with_patch_field(entry, patch_size=patch_size, mpp=mpp)
             encoder = field_encoder(encoder, field)
-            patches = spot_patches(slide, size=field.patch_size, mpp=field.mpp, table_key=table_key)
+            field_mpp = patch_mpp(field, slide, table_key=table_key)
+            patches = spot_patches(slide, size=field.patch_size, mpp=field_mpp, table_key=table_key)
             results[entry.name] = embed_slide(
                 encoder,
                 patches,
