@@ -62,7 +62,7 @@ class Hyperparameters:
         ``"abundance"``, so predictions keep the target's units. The fitted model records the
         scale it used. Measured on leave-one-section-out over her2st B4, C2 and C3 with
         proportion targets (``benchmarks/her2st_loso.py``), the composition output gave mean
-        CC 0.302 and L1 0.609 against 0.272 and 0.658 for the abundance output (the mean
+        CC 0.292 and L1 0.566 against 0.294 and 0.648 for the abundance output (the mean
         predictor: L1 0.656).
 
     Examples

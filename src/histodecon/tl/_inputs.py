@@ -2,10 +2,11 @@
 
 Both are measured on leave-one-section-out over her2st B4, C2 and C3 (``benchmarks/her2st_loso.py``):
 standardising every slide's features by its own spots removes much of the staining and scanning
-difference between slides (mean CC 0.235 -> 0.302, L1 0.629 -> 0.609 with the default network),
-so it is the default. The neighbourhood mean within 400 um gave CC 0.328 and L1 0.571 there, but
-in a three-seed check without the final refit it raised CC (0.249 -> 0.291) while worsening L1
-(0.579 -> 0.619); on three sections that is not evidence enough for a default, so it is an option.
+difference between slides (mean CC 0.237 -> 0.292, L1 0.629 -> 0.566 with the default network
+and patch field), so it is the default. The neighbourhood mean within 400 um gave CC 0.326 and
+L1 0.569 there (0.328 / 0.571 with the former 112 um field), but in a three-seed check without
+the final refit it raised CC (0.249 -> 0.291) while worsening L1 (0.579 -> 0.619); on three
+sections that is not evidence enough for a default, so it is an option.
 """
 
 from __future__ import annotations
