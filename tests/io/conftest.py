@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import tifffile
 from PIL import Image
+from scipy import sparse
 
 SPOT_FULLRES = 110.0  # px -> 0.5 um/px for 55 um spots
 HIRES_SCALE = 0.25
@@ -29,27 +30,28 @@ class VisiumFolder:
 
 
 def _write_10x_h5(path, barcodes, genes, counts):
-    matrix = np.asarray(counts).T  # 10x stores genes x barcodes, CSC over barcodes
-    indptr, indices, data = [0], [], []
-    for column in matrix.T:
-        (nonzero,) = np.nonzero(column)
-        indices.extend(nonzero)
-        data.extend(column[nonzero])
-        indptr.append(len(indices))
+    """The 10x HDF5 matrix: genes x barcodes in CSC, i.e. the CSR arrays of barcodes x genes."""
+    matrix = sparse.csr_matrix(np.asarray(counts))
     with h5py.File(path, "w") as f:
         f.attrs["library_ids"] = np.array([b"lib1"])
         group = f.create_group("matrix")
         group["barcodes"] = np.array(barcodes, dtype="S")
-        group["data"] = np.array(data, dtype=np.int32)
-        group["indices"] = np.array(indices, dtype=np.int64)
-        group["indptr"] = np.array(indptr, dtype=np.int64)
-        group["shape"] = np.array(matrix.shape, dtype=np.int32)
+        group["data"] = matrix.data.astype(np.int32)
+        group["indices"] = matrix.indices.astype(np.int64)
+        group["indptr"] = matrix.indptr.astype(np.int64)
+        group["shape"] = np.array([len(genes), len(barcodes)], dtype=np.int32)
         features = group.create_group("features")
         features["_all_tag_keys"] = np.array([b"genome"])
         features["feature_type"] = np.array([b"Gene Expression"] * len(genes))
         features["genome"] = np.array([b"GRCh38"] * len(genes))
         features["id"] = np.array([f"ENSG{i:011d}" for i in range(len(genes))], dtype="S")
         features["name"] = np.array(genes, dtype="S")
+
+
+@pytest.fixture(scope="session")
+def write_10x_h5():
+    """``write(path, barcodes, genes, counts)``: a counts matrix in 10x's HDF5 layout (Space Ranger, Xenium)."""
+    return _write_10x_h5
 
 
 @pytest.fixture(scope="session")

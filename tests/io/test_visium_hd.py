@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 import tifffile
 from PIL import Image
-from scipy import sparse
 
 import histodecon as hd
 from histodecon._geometry import sample_geometry
@@ -20,25 +19,7 @@ ORIGIN_PX = np.array([40.0, 30.0])  # top-left corner of the bin grid in the ful
 HIRES_SCALE = 0.25
 
 
-def _write_10x_h5(path, barcodes, genes, counts):
-    """The 10x HDF5 matrix: genes x barcodes in CSC, i.e. the CSR arrays of barcodes x genes."""
-    matrix = sparse.csr_matrix(counts)
-    with h5py.File(path, "w") as f:
-        group = f.create_group("matrix")
-        group["barcodes"] = np.array(barcodes, dtype="S")
-        group["data"] = matrix.data.astype(np.int32)
-        group["indices"] = matrix.indices.astype(np.int64)
-        group["indptr"] = matrix.indptr.astype(np.int64)
-        group["shape"] = np.array([len(genes), len(barcodes)], dtype=np.int32)
-        features = group.create_group("features")
-        features["_all_tag_keys"] = np.array([b"genome"])
-        features["feature_type"] = np.array([b"Gene Expression"] * len(genes))
-        features["genome"] = np.array([b"GRCh38"] * len(genes))
-        features["id"] = np.array([f"ENSG{i:011d}" for i in range(len(genes))], dtype="S")
-        features["name"] = np.array(genes, dtype="S")
-
-
-def _write_bins(outs, bin_um, n_cols, n_rows, rng):
+def _write_bins(outs, bin_um, n_cols, n_rows, rng, write_10x_h5):
     """One ``square_XXXum`` folder: counts of every bin, positions (parquet) and scale factors."""
     spatial = outs / "binned_outputs" / f"square_{bin_um:03d}um" / "spatial"
     spatial.mkdir(parents=True)
@@ -67,7 +48,7 @@ def _write_bins(outs, bin_um, n_cols, n_rows, rng):
     (spatial / "scalefactors_json.json").write_text(json.dumps(scalefactors))
     counts = rng.poisson(3.0, (len(barcodes), 6))
     order = rng.permutation(len(barcodes))  # the counts file lists the bins in another order
-    _write_10x_h5(
+    write_10x_h5(
         spatial.parent / "filtered_feature_bc_matrix.h5",
         [barcodes[i] for i in order],
         [f"GENE{i}" for i in range(6)],
@@ -77,15 +58,15 @@ def _write_bins(outs, bin_um, n_cols, n_rows, rng):
 
 
 @pytest.fixture(scope="module")
-def visium_hd_outs(tmp_path_factory):
+def visium_hd_outs(tmp_path_factory, write_10x_h5):
     """12 bins of 16 µm (4 x 3) and 48 bins of 8 µm over a 300 x 200 px slide at 0.5 µm/px; each 16 µm bin coloured."""
     rng = np.random.default_rng(3)
     outs = tmp_path_factory.mktemp("visium_hd") / "outs"
     outs.mkdir()
     with h5py.File(outs / "feature_slice.h5", "w") as f:
         f.attrs["metadata_json"] = json.dumps({"hd_layout_json": json.dumps({"file_format": "1.0"})})
-    counts16, centres16 = _write_bins(outs, 16, 4, 3, rng)
-    _write_bins(outs, 8, 8, 6, rng)
+    counts16, centres16 = _write_bins(outs, 16, 4, 3, rng, write_10x_h5)
+    _write_bins(outs, 8, 8, 6, rng, write_10x_h5)
     image = np.full((200, 300, 3), 240, np.uint8)
     colours = rng.integers(20, 200, (len(centres16), 3)).astype(np.uint8)
     for (x, y), colour in zip(centres16.astype(int), colours, strict=True):

@@ -3,13 +3,11 @@
 import json
 import shutil
 
-import h5py
 import numpy as np
 import pandas as pd
 import pytest
 import tifffile
 import zarr
-from scipy import sparse
 
 import histodecon as hd
 from histodecon._geometry import sample_geometry
@@ -22,7 +20,7 @@ HE_MPP = 2 * PIXEL_SIZE
 CELL_DIAMETER_UM = 8.0
 
 
-def _write_xenium(root, he_xy, rng):
+def _write_xenium(root, he_xy, rng, write_10x_h5):
     """Cells at the H&E pixels ``he_xy`` (written in µm through the alignment), counts, specs and the H&E."""
     root.mkdir(parents=True)
     (root / "experiment.xenium").write_text(
@@ -46,20 +44,7 @@ def _write_xenium(root, he_xy, rng):
     )
     cells.to_parquet(root / "cells.parquet", index=False)
     counts = rng.poisson(2.0, (len(ids), 5))
-    matrix = sparse.csr_matrix(counts)  # 10x stores genes x cells in CSC: the CSR arrays of cells x genes
-    with h5py.File(root / "cell_feature_matrix.h5", "w") as f:
-        group = f.create_group("matrix")
-        group["barcodes"] = np.array(ids, dtype="S")
-        group["data"] = matrix.data.astype(np.int32)
-        group["indices"] = matrix.indices.astype(np.int64)
-        group["indptr"] = matrix.indptr.astype(np.int64)
-        group["shape"] = np.array([5, len(ids)], dtype=np.int32)
-        features = group.create_group("features")
-        features["_all_tag_keys"] = np.array([b"genome"])
-        features["feature_type"] = np.array([b"Gene Expression"] * 5)
-        features["genome"] = np.array([b"GRCh38"] * 5)
-        features["id"] = np.array([f"ENSG{i:011d}" for i in range(5)], dtype="S")
-        features["name"] = np.array([f"GENE{i}" for i in range(5)], dtype="S")
+    write_10x_h5(root / "cell_feature_matrix.h5", ids, [f"GENE{i}" for i in range(5)], counts)
     image = np.full((300, 400, 3), 240, np.uint8)
     for x, y in he_xy.astype(int):
         if 0 <= x < 400 and 0 <= y < 300:
@@ -70,14 +55,14 @@ def _write_xenium(root, he_xy, rng):
 
 
 @pytest.fixture(scope="module")
-def xenium_run(tmp_path_factory):
+def xenium_run(tmp_path_factory, write_10x_h5):
     """20 cells on a 5 x 4 grid of the 400 x 300 px H&E, two next to the first one, and one off the H&E."""
     cols, rows = (a.ravel() for a in np.meshgrid(np.arange(5), np.arange(4)))
     he_xy = np.vstack(
         [np.column_stack([50.0 + 75 * cols, 40.0 + 70 * rows]), [[60.0, 48.0], [40.0, 30.0], [-30.0, 100.0]]]
     )
     root = tmp_path_factory.mktemp("xenium") / "run1"
-    ids, counts, image = _write_xenium(root, he_xy, np.random.default_rng(5))
+    ids, counts, image = _write_xenium(root, he_xy, np.random.default_rng(5), write_10x_h5)
     return root, he_xy, ids, counts, image
 
 
