@@ -8,6 +8,7 @@ from anndata import AnnData
 import histodecon as hd
 from histodecon._constants import Key
 from histodecon.io._build import build_sdata
+from histodecon.tl._collapse import RIDGE_CC_MARGIN
 from histodecon.tl._inputs import InputOptions, spot_inputs
 from histodecon.tl._spots import spot_table
 
@@ -243,7 +244,7 @@ def test_collapse_warning_fires_on_an_untrained_model_and_not_on_a_good_one(recw
     slides = [make_slide(f"s{i}", seed=i) for i in range(3)]
     with pytest.warns(UserWarning, match="look collapsed.*below that of ridge"):
         collapsed = hd.tl.fit(slides, hidden=(8,), lr=1e-6, max_epochs=1)
-    assert collapsed.validation_scores["cc"] < collapsed.validation_scores["ridge_cc"]
+    assert collapsed.validation_scores["cc"] < collapsed.validation_scores["ridge_cc"] - RIDGE_CC_MARGIN
     recwarn.clear()
     good = hd.tl.fit(slides, **SMALL)
     assert not [w for w in recwarn if "collapsed" in str(w.message)]

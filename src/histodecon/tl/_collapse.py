@@ -15,6 +15,9 @@ from ._network import AbundanceNetwork
 
 #: Predictions whose spread on the validation spots is below this fraction of the truth's have collapsed.
 COLLAPSE_SPREAD = 0.1
+#: Predictions whose CC on the validation spots is below ridge regression's by more than this are flagged
+#: (a near-tie is not: on the synthetic demo the two differ by 0.003 from fold to fold).
+RIDGE_CC_MARGIN = 0.05
 
 
 def compositions(y: np.ndarray) -> np.ndarray:
@@ -38,7 +41,7 @@ def warn_if_collapsed(scores: Mapping[str, float]) -> None:
             f"their spread is {scores['spread']:.2f} of the truth's (per cell type, on average): "
             "they barely move from the mean"
         )
-    if scores["cc"] < scores["ridge_cc"]:
+    if scores["cc"] < scores["ridge_cc"] - RIDGE_CC_MARGIN:
         problems.append(
             f"their CC ({scores['cc']:.3f}) is below that of ridge regression on the same features "
             f"({scores['ridge_cc']:.3f})"

@@ -61,7 +61,7 @@ class AbundanceRegressor:
     ensemble sees only part of the data. When the early-stopped network's validation
     predictions have collapsed (their per-type spread below :data:`COLLAPSE_SPREAD` of the
     truth's, on average) or correlate worse than ridge regression fitted on the same training
-    spots, a warning says so. Everything is seeded by ``seed``: the same seed, data and device
+    spots (by more than :data:`RIDGE_CC_MARGIN`), a warning says so. Everything is seeded by ``seed``: the same seed, data and device
     give the same model on CPU.
 
     Parameters
