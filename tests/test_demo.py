@@ -50,3 +50,4 @@ def test_quick_demo_writes_report_and_figures(tmp_path, monkeypatch):
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["leave_one_slide_out"]) == 4
     assert all(0 <= row["l1"] <= 2 for row in summary["leave_one_slide_out"])
+    assert [len(summary["baselines"][name]) for name in ("mean", "ridge")] == [4, 4]

@@ -218,7 +218,8 @@ def _run(out: Path, *, data_dir: Path | None, quick: bool) -> Path:
     summary = {
         "mode": "her2st" if data_dir is not None else "synthetic",
         "encoder": ENCODER,
-        "leave_one_slide_out": cv.summary[[Key.obs.sample, "cc", "l1", "n_spots"]].to_dict(orient="records"),
+        "leave_one_slide_out": _scores_of(cv.summary, "mlp"),
+        "baselines": {name: _scores_of(cv.summary, name) for name in ("mean", "ridge")},
         "held_out_sample": _sample(data.held_out),
         "held_out_colocalization_similarity": {name: float(value) for name, value in similarity.attrs["mean"].items()},
         "seconds": round(time.perf_counter() - started, 1),
@@ -227,6 +228,12 @@ def _run(out: Path, *, data_dir: Path | None, quick: bool) -> Path:
     report = write_report(out, data, cv.summary, summary)
     logger.warning(f"Demo finished in {summary['seconds']:.0f} s; report: {report}")
     return report
+
+
+def _scores_of(cv_summary: pd.DataFrame, model: str) -> list[dict]:
+    """Per held-out slide: CC, L1 and spot count of ``model`` (the regressor ``"mlp"`` or a baseline)."""
+    rows = cv_summary[cv_summary["model"] == model]
+    return rows[[Key.obs.sample, "cc", "l1", "n_spots"]].to_dict(orient="records")
 
 
 def write_report(out: Path, data: DemoData, cv_summary: pd.DataFrame, summary: dict) -> Path:

@@ -314,7 +314,8 @@ def test_a_killed_run_resumes_from_its_store(mean_rgb, tmp_path):
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and process.poll() is None:
-            done = zarr.open_group(store, mode="r")["mean_rgb"]["done"][:].sum() if (store / "mean_rgb").exists() else 0
+            started = (store / "mean_rgb" / "done" / "zarr.json").exists()  # the group is made before its arrays
+            done = zarr.open_group(store, mode="r")["mean_rgb"]["done"][:].sum() if started else 0
             if done >= 4:
                 break
             time.sleep(0.05)
