@@ -13,6 +13,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from histodecon._constants import Key
 from histodecon.tl import CVResult
 
 from ._utils import doc_show_save, finish
@@ -25,14 +26,14 @@ OTHER_STYLES = [("#b8e0b0", "xx"), ("#d9b8e0", "\\\\"), ("#e0d3b8", "++")]
 
 def per_slide(cv_results: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
     """One row per configuration and held-out slide: the metrics averaged over cell types (NaN skipped)."""
-    required = ["configuration", "sample", *metrics]
+    required = ["configuration", Key.obs.sample, *metrics]
     missing = [column for column in required if column not in cv_results.columns]
     if missing:
         raise KeyError(
             f"`cv_results` lacks columns {missing}; pass the result of `hd.tl.cross_validate` or its "
             f"`scores` / `summary` DataFrame. It has {cv_results.columns.tolist()}."
         )
-    groups = [column for column in ("configuration", "model", "fold", "sample") if column in cv_results.columns]
+    groups = [column for column in ("configuration", "model", "fold", Key.obs.sample) if column in cv_results.columns]
     return cv_results.groupby(groups, sort=False, observed=True)[list(metrics)].mean().reset_index()
 
 
