@@ -14,6 +14,16 @@ from pathlib import Path
 RESULTS_DIR = Path(__file__).parent / "results"
 
 
+def default_data_dir() -> Path:
+    """The folder holding ``her2st/``: ``$HISTODECON_DATA_DIR``, else ``../shared/data`` beside the project."""
+    return Path(os.environ.get("HISTODECON_DATA_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+
+
+def plain_numbers(record: dict) -> dict:
+    """The plain numbers of a record (e.g. a model's provenance: its epochs and cost figures)."""
+    return {k: v for k, v in record.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
 def machine() -> dict:
     """Platform, CPU count, Python and key package versions."""
     packages = {name: version(name) for name in ("histodecon", "numpy", "torch", "scipy", "spatialdata")}

@@ -12,18 +12,16 @@ stereoscope's Epithelial, and its Plasmablasts stand for Plasma Cells.
 from __future__ import annotations
 
 import argparse
-import os
 import time
-from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
-from _common import peak_rss_mb, write_results
+from _common import default_data_dir, peak_rss_mb, write_results
 
 import histodecon as hd
 
-DATA_DIR = Path(os.environ.get("HISTODECON_DATA_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+DATA_DIR = default_data_dir()
 #: Reference type(s) summed into each stereoscope type.
 MATCH = {
     "B-cells": ["B-cells"],

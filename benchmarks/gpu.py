@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import peak_rss_mb, write_results
+from _common import peak_rss_mb, plain_numbers, write_results
 from table3 import FULL as TABLE3_FULL
 from table3 import sections
 
@@ -135,7 +135,7 @@ def encoder_figures(name: str, path: Path, sdata, device: torch.device, size: di
         "ratio_embed_to_bare": bare_s / embed_s,
         "bare_forward_peak_gpu_mb": bare_peak,
         "embed_peak_gpu_mb": embed_peak,
-        "embed_provenance": _numbers(table.uns.get("histodecon", {}).get("embeddings", {}).get(name, {})),
+        "embed_provenance": plain_numbers(table.uns.get("histodecon", {}).get("embeddings", {}).get(name, {})),
         "cosine_to_cpu_float32_min": float(cosine.min()),
         "cosine_to_cpu_float32_mean": float(cosine.mean()),
         "checked_patches": k,
@@ -167,15 +167,10 @@ def fit_figures(device: torch.device, size: dict, folder: Path) -> dict:
         "epochs": epochs,
         "s_per_epoch": fit_s / epochs,
         "fit_peak_gpu_mb": fit_peak,
-        "provenance": _numbers(model.provenance),
+        "provenance": plain_numbers(model.provenance),
         "predictions_max_abs_difference_device_vs_cpu": float(np.abs(on_device - on_cpu).max()),
         "predictions_max_abs_value": float(np.abs(on_cpu).max()),
     }
-
-
-def _numbers(record: dict) -> dict:
-    """The plain numbers of a provenance record (its cost figures among them)."""
-    return {k: v for k, v in record.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
 def main() -> int:

@@ -21,13 +21,12 @@ The data is read from `--data-dir`, else HISTODECON_DATA_DIR, else ../shared/dat
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _common import peak_rss_mb, write_results
+from _common import default_data_dir, peak_rss_mb, write_results
 
 import histodecon as hd
 from histodecon.tl._baselines import RidgeBaseline
@@ -41,10 +40,6 @@ MLP_OPTIONS = {
     "mlp_training_scaling": {"feature_scaling": "training"},
     "mlp_context400": {"context_radius": 400},
 }
-
-
-def default_data_dir() -> Path:
-    return Path(os.environ.get("HISTODECON_DATA_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 
 
 def load(sections: list[str], data_dir: Path) -> list:

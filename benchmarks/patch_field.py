@@ -23,13 +23,12 @@ the held-out sections. The data is read from `--data-dir`, else HISTODECON_DATA_
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
-from _common import peak_rss_mb, write_results
+from _common import default_data_dir, peak_rss_mb, write_results
 
 import histodecon as hd
 
@@ -43,10 +42,6 @@ FIELDS = {
     "112px@2.0": (112, 2.0),
     "112px@2.24spots": ("encoder", "encoder"),
 }
-
-
-def default_data_dir() -> Path:
-    return Path(os.environ.get("HISTODECON_DATA_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ import time
 import numpy as np
 import pandas as pd
 import torch
-from _common import peak_rss_mb, write_results
+from _common import peak_rss_mb, plain_numbers, write_results
 from anndata import AnnData
 
 import histodecon as hd
@@ -78,9 +78,7 @@ def leave_one_section_out(slides: list[AnnData], features: list[str], device: st
             "epochs": int(len(model.history)),
             "best_epoch": model.best_epoch,
             # Whatever cost figures the model records about itself (wall time, memory, ...).
-            "provenance": {
-                k: v for k, v in model.provenance.items() if isinstance(v, int | float) and not isinstance(v, bool)
-            },
+            "provenance": plain_numbers(model.provenance),
         }
         if cuda:
             record["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20

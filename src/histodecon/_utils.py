@@ -126,14 +126,14 @@ def encoder_names(names: str | Sequence[str], argument: str) -> list[str]:
     return listed
 
 
-def check_positive(value: float, name: str) -> None:
-    """Refuse a length or resolution that is not a positive finite number."""
+def check_positive(value: float, name: str, what: str = "micrometres or micrometres per pixel") -> None:
+    """Refuse a length, resolution or prior (``what`` it is, for the message) that is not a positive finite number."""
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float | np.number)
         or not (np.isfinite(value) and value > 0)
     ):
-        raise ValueError(f"`{name}` must be a positive number (micrometres or micrometres per pixel), got {value!r}.")
+        raise ValueError(f"`{name}` must be a positive number ({what}), got {value!r}.")
 
 
 def check_count(value: object, name: str, minimum: int) -> None:

@@ -87,6 +87,13 @@ def test_xenium_cells_on_he(xenium_run):
     assert np.isfinite(table.obsm["X_handcrafted"]).all()
 
 
+def test_xenium_folder_given_relative_to_the_working_directory(xenium_run, monkeypatch):
+    root, he_xy, *_ = xenium_run
+    monkeypatch.chdir(root.parent)
+    sdata = hd.io.read_xenium(root.name)
+    np.testing.assert_allclose(sdata.tables["table"].obsm["spatial"], he_xy[:22], atol=1e-9)
+
+
 def test_xenium_grid_sums_cells(xenium_run):
     root, he_xy, _, counts, _ = xenium_run
     sdata = hd.io.read_xenium(root, spots="grid", spot_diameter_um=30, spacing_um=40, sample="S")

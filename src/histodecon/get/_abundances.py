@@ -14,7 +14,8 @@ from histodecon._constants import Key
 from histodecon._geometry import sample_geometry
 from histodecon._settings import logger
 from histodecon._utils import cell_type_frame, check_overwrite, get_table, samples_of
-from histodecon.pl._utils import image_crop, image_levels
+from histodecon.pl._utils import image_crop
+from histodecon.pp._patches import image_levels
 
 #: Longest side, in pixels, of the ``hires`` image stored in ``uns['spatial'][sample]['images']``.
 HIRES_MAX_PX = 2000

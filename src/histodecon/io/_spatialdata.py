@@ -29,10 +29,10 @@ from histodecon._utils import (
     nearest_neighbour_px,
     provenance,
 )
+from histodecon.io._grid import VISIUM_PITCH_OVER_DIAMETER
 from histodecon.io._visium import VISIUM_SPOT_UM
 
-#: Visium's spot pitch over its spot diameter (100 um / 55 um) and how far a layout may stray from it.
-VISIUM_PITCH_RATIO = 100.0 / VISIUM_SPOT_UM
+#: How far a layout's pitch over spot diameter may stray from Visium's to be taken for Visium.
 VISIUM_RATIO_TOLERANCE = 0.05
 
 
@@ -244,7 +244,7 @@ def _resolve_mpp(mpp, image, adata, sample, centres, spot_diameter_px, spot_diam
     if spot_diameter_um is not None:
         return spot_diameter_um / spot_diameter_px
     ratio = nearest_neighbour_px(centres) / spot_diameter_px
-    if abs(ratio / VISIUM_PITCH_RATIO - 1) <= VISIUM_RATIO_TOLERANCE:
+    if abs(ratio / VISIUM_PITCH_OVER_DIAMETER - 1) <= VISIUM_RATIO_TOLERANCE:
         logger.info(
             f"Sample {sample!r} has Visium's layout (spot pitch {ratio:.2f} spot diameters): "
             f"inferred {VISIUM_SPOT_UM / spot_diameter_px:.4f} um/px from its {VISIUM_SPOT_UM:g} um spots."

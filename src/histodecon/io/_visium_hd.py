@@ -42,8 +42,7 @@ def _dataset_id(path: Path) -> str | None:
 def _fullres_path(path: Path, fullres_image: str | Path | None) -> Path | None:
     """The full-resolution image: given (absolute or relative to ``path``), else the one file of ``microscope_image/``."""
     if fullres_image is not None:
-        given = Path(fullres_image)
-        return check_file(given if given.is_absolute() else path / given, "Visium HD full-resolution image")
+        return check_file(path / fullres_image, "Visium HD full-resolution image")  # an absolute path stays itself
     folder = path / MICROSCOPE_IMAGE
     files = sorted(f for f in folder.iterdir() if f.is_file()) if folder.is_dir() else []
     if len(files) > 1:

@@ -125,7 +125,8 @@ def openslide_mpp(path: Path) -> tuple[float, str] | None:
     """µm per pixel from OpenSlide's ``openslide.mpp-x`` / ``openslide.mpp-y`` properties."""
     import openslide
 
-    props = _open_slide(path).properties
+    with _open_slide(path) as slide:
+        props = dict(slide.properties)
     x, y = (float(props.get(key, "nan")) for key in (openslide.PROPERTY_NAME_MPP_X, openslide.PROPERTY_NAME_MPP_Y))
     return _checked(x, y, "openslide", path.name)
 

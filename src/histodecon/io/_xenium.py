@@ -38,8 +38,8 @@ def _he_paths(path: Path, he_image: str | Path | None, alignment: str | Path | N
                 f"{'No' if not found else 'Several'} `*{HE_SUFFIX}` in {str(path)!r}"
                 f"{'' if not found else ': ' + str([f.name for f in found])}. Pass the registered H&E as `he_image=`."
             )
-        he_image = found[0]
-    he_image = check_file(he_image if Path(he_image).is_absolute() else path / he_image, "Xenium H&E image")
+    # `path / given` is `given` itself when that is absolute; the glob's match already starts with `path`.
+    he_image = check_file(found[0] if he_image is None else path / he_image, "Xenium H&E image")
     if alignment is None:
         alignment = he_image.with_name(he_image.name.removesuffix(".ome.tif") + ALIGNMENT_SUFFIX)
         if not alignment.is_file():
@@ -47,8 +47,8 @@ def _he_paths(path: Path, he_image: str | Path | None, alignment: str | Path | N
                 f"No alignment file {alignment.name!r} next to the H&E {he_image.name!r}. Pass the 3 x 3 affine "
                 "from H&E pixels to morphology pixels (Xenium Explorer's `*_he_imagealignment.csv`) as `alignment=`."
             )
-    alignment = Path(alignment)
-    return he_image, check_file(alignment if alignment.is_absolute() else path / alignment, "H&E alignment file")
+        return he_image, alignment
+    return he_image, check_file(path / alignment, "H&E alignment file")
 
 
 def _grid_spots(centres, counts, width, height, spot_px, spacing_px, grid):

@@ -134,8 +134,8 @@ def cluster_order(R: pd.DataFrame, method: str) -> tuple[list[str], np.ndarray |
     return [R.index[i] for i in hierarchy.leaves_list(link)], link
 
 
-def _aligned(panels: list[_Panel]) -> list[str]:
-    """Check that every panel's labels are the first panel's, and return the first's clustering order input."""
+def _check_aligned(panels: list[_Panel]) -> None:
+    """Refuse panels whose labels are not the first panel's (a cluster panel may lack some)."""
     first = panels[0]
     names = set(first.matrix.index)
     for panel in panels[1:]:
@@ -147,7 +147,6 @@ def _aligned(panels: list[_Panel]) -> list[str]:
                 f"{sorted(missing)}, only in {panel.key!r} {sorted(extra)}. Labels are matched by name (cell "
                 "types, or the categories of the cluster column); put the panel with every label first."
             )
-    return list(first.matrix.index)
 
 
 def _norm(matrices: list[np.ndarray], kind: _Kind) -> tuple[Normalize, str]:
@@ -293,8 +292,8 @@ def colocalization(
     adata = get_table(data, table_key)
     titles = [None] * len(keys) if titles is None else list(titles)
     panels = [_panel(adata, key, title, distance) for key, title in zip(keys, titles, strict=True)]
-    labels = _aligned(panels)
-    order, link = cluster_order(panels[0].matrix.loc[labels, labels], method)
+    _check_aligned(panels)
+    order, link = cluster_order(panels[0].matrix, method)
     matrices = [panel.matrix.reindex(index=order, columns=order).to_numpy() for panel in panels]
 
     k = len(order)

@@ -10,10 +10,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from spatialdata import get_pyramid_levels
 from xarray import DataArray, DataTree
 
 from histodecon._settings import logger
+from histodecon.pp._patches import image_levels
 
 #: Shared parameter docs of the scanpy-style arguments, for the plots' docstrings.
 SHOW_SAVE_DOCS = """show
@@ -25,11 +25,6 @@ SHOW_SAVE_DOCS = """show
     save
         Write the figure to this path (format from the suffix); ``True`` writes
         ``{name}.{format}`` to scanpy's ``sc.settings.figdir`` in ``sc.settings.file_format_figs``."""
-
-
-def image_levels(element: DataArray | DataTree) -> list[DataArray]:
-    """The pyramid levels of an image element, finest first (a single-scale image is one level)."""
-    return get_pyramid_levels(element) if isinstance(element, DataTree) else [element]
 
 
 def image_crop(element: DataArray | DataTree, box: np.ndarray, max_px: int) -> tuple[np.ndarray, list[float]]:

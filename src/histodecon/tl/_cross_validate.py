@@ -77,10 +77,11 @@ def _score(
 ) -> tuple[list[pd.DataFrame], list[dict]]:
     """Per-type and per-sample scores of the test spots of one fold."""
     rows, summary = [], []
+    truth_values = truth.to_numpy()
     for sample in pd.unique(samples):
         mask = samples == sample
-        per_type = cc_score(truth.to_numpy()[mask], pred[mask], per_type=True)
-        l1 = l1_score(truth.to_numpy()[mask], pred[mask])
+        per_type = cc_score(truth_values[mask], pred[mask], per_type=True)
+        l1 = l1_score(truth_values[mask], pred[mask])
         rows.append(
             pd.DataFrame(
                 {

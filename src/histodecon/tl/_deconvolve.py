@@ -16,6 +16,7 @@ from histodecon._utils import (
     Slide,
     as_slide_list,
     check_overwrite,
+    check_positive,
     check_positive_int,
     check_unique_names,
     get_table,
@@ -68,12 +69,7 @@ def _check_options(
     ):
         check_positive_int(value, name)
     for value, name in ((n_cells_per_location, "n_cells_per_location"), (detection_alpha, "detection_alpha")):
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float | np.number)
-            or not (np.isfinite(value) and value > 0)
-        ):
-            raise ValueError(f"`{name}` must be a positive number (a cell2location prior), got {value!r}.")
+        check_positive(value, name, what="a cell2location prior")
     settings.torch_device(device)
 
 

@@ -14,12 +14,11 @@ from histodecon._constants import Key
 from histodecon._docs import inject_docs
 from histodecon._settings import settings
 from histodecon._utils import encoder_names
-from histodecon.pp import spot_patches
 
 from ._embed_request import checked_tables, image_slides, weights_per_model
 from ._embed_slide import embed_slide
 from ._embed_writer import write_embedding
-from ._patch_field import ENCODER_FIELD, EncoderField, field_encoder, patch_mpp, with_patch_field
+from ._patch_field import ENCODER_FIELD, EncoderField, field_encoder, field_key, field_patches, with_patch_field
 
 
 @inject_docs
@@ -121,22 +120,14 @@ def embed(
     tables = checked_tables(
         slides, names, batch_size=batch_size, num_workers=num_workers, table_key=table_key, overwrite=overwrite
     )
-    patches = [
-        {
-            _field(e): spot_patches(
-                slide, size=e.patch_size, mpp=patch_mpp(e, slide, table_key=table_key), table_key=table_key
-            )
-            for e in entries
-        }
-        for slide in slides
-    ]
+    patches = [field_patches(slide, entries, table_key=table_key) for slide in slides]
 
     device = settings.torch_device(device)
     results: dict[tuple[int, str], tuple[np.ndarray, dict]] = {}
     for name, entry in zip(names, entries, strict=True):
         encoder = field_encoder(encoders.load(name, weights=weights.get(name), device=device), entry)
         for i, slide_patches in enumerate(patches):
-            spots = slide_patches[_field(entry)]
+            spots = slide_patches[field_key(entry)]
             results[i, name] = embed_slide(
                 encoder,
                 spots,
@@ -152,11 +143,6 @@ def embed(
         for name in names:
             embedding, record = results[i, name]
             write_embedding(table, name, embedding, record, overwrite=overwrite)
-
-
-def _field(entry: encoders.Encoder) -> tuple:
-    """What decides the patches an entry reads: models sharing it share one reader per slide."""
-    return entry.patch_size, entry.mpp, entry.field_spots
 
 
 def _stores_per_slide(store: Any, n_slides: int) -> list[str | os.PathLike | None]:

@@ -190,7 +190,7 @@ def predict(
     )
     finite = np.isfinite(x).all(axis=1)
     pred = np.full((len(x), len(model.cell_types)), np.nan, dtype=np.float32)
-    pred[finite] = model.predict(x[finite], batch_size=batch_size)
+    pred[finite] = model.predict(x if finite.all() else x[finite], batch_size=batch_size)
     if not finite.all():
         logger.warning(f"{int((~finite).sum())} spots have NaN or infinite embeddings; their predictions are NaN.")
 

@@ -19,6 +19,7 @@ from spatialdata import SpatialData
 from histodecon._geometry import sample_geometries
 from histodecon._utils import check_positive, check_positive_int
 from histodecon.encoders import Encoder, PatchEncoder
+from histodecon.pp import SpotPatches, spot_patches
 
 #: Default of ``patch_size=`` and ``mpp=``: the encoder's own registry entry.
 ENCODER_FIELD = "encoder"
@@ -69,4 +70,20 @@ def patch_mpp(entry: Encoder, sdata: SpatialData, *, table_key: str) -> float | 
     return {
         sample: entry.field_spots * geometry.spot_diameter_px * geometry.mpp / entry.patch_size
         for sample, geometry in geometries.items()
+    }
+
+
+def field_key(entry: Encoder) -> tuple:
+    """What decides the patches an entry reads: entries sharing it share one reader per slide."""
+    return entry.patch_size, entry.mpp, entry.field_spots
+
+
+def field_patches(sdata: SpatialData, entries: list[Encoder], *, table_key: str) -> dict[tuple, SpotPatches]:
+    """One patch reader per distinct field of ``entries`` (by :func:`field_key`), built once each."""
+    distinct = {field_key(entry): entry for entry in entries}
+    return {
+        key: spot_patches(
+            sdata, size=entry.patch_size, mpp=patch_mpp(entry, sdata, table_key=table_key), table_key=table_key
+        )
+        for key, entry in distinct.items()
     }

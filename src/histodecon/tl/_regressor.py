@@ -187,10 +187,10 @@ class AbundanceRegressor:
         train_idx, val_idx, split = validation_split(len(x), groups, hp.validation_fraction, rng)
         device = settings.torch_device(self.device)
         network, x_all, y_all = new_network(hp, x, y, train_idx, device)
-        history, best_state, best_loss, best_epoch = train(
-            hp, network, x_all[train_idx], y_all[train_idx], x_all[val_idx], y_all[val_idx]
-        )
-        del x_all, y_all
+        x_train, y_train, x_val, y_val = x_all[train_idx], y_all[train_idx], x_all[val_idx], y_all[val_idx]
+        del x_all, y_all  # the split copies are what training reads
+        history, best_state, best_loss, best_epoch = train(hp, network, x_train, y_train, x_val, y_val)
+        del x_train, y_train, x_val, y_val
         if best_state is None:
             raise RuntimeError("Training diverged: the validation loss was never finite. Lower `lr` and fit again.")
         network.load_state_dict(best_state)

@@ -83,7 +83,8 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.item() * len(index)
+            if x_val is not None:  # the loss is only reported with validation (a device sync per batch)
+                total += loss.item() * len(index)
         network.eval()
         if x_val is None:
             continue

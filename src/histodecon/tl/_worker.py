@@ -23,12 +23,11 @@ from histodecon import encoders
 from histodecon._constants import Key
 from histodecon._settings import logger, settings
 from histodecon._utils import get_table, provenance
-from histodecon.pp import spot_patches
 
 from ._embed_slide import embed_slide
 from ._fit import predict
 from ._model_file import model_paths
-from ._patch_field import ENCODER_FIELD, EncoderField, field_encoder, patch_mpp, with_patch_field
+from ._patch_field import ENCODER_FIELD, EncoderField, field_encoder, field_key, field_patches, with_patch_field
 from ._regressor import AbundanceRegressor
 
 #: glibc's ``mallopt`` parameters (malloc.h) and the values a worker sets: the largest mmap
@@ -67,20 +66,19 @@ def embed_task(
     torch_device = settings.torch_device(device)
     results = {}
     with worker_settings():
-        for entry in entries:
+        fields = [with_patch_field(entry, patch_size=patch_size, mpp=mpp) for entry in entries]
+        patches = field_patches(slide, fields, table_key=table_key)
+        table = get_table(slide, table_key)
+        for entry, field in zip(entries, fields, strict=True):
             encoder = cached(
                 models,
                 ("encoder", entry.name, weights.get(entry.name), str(torch_device)),
                 lambda entry=entry: load_encoder(entry, weights.get(entry.name), torch_device),
             )
-            field = with_patch_field(entry, patch_size=patch_size, mpp=mpp)
-            encoder = field_encoder(encoder, field)
-            field_mpp = patch_mpp(field, slide, table_key=table_key)
-            patches = spot_patches(slide, size=field.patch_size, mpp=field_mpp, table_key=table_key)
             results[entry.name] = embed_slide(
-                encoder,
-                patches,
-                table=get_table(slide, table_key),
+                field_encoder(encoder, field),
+                patches[field_key(field)],
+                table=table,
                 device=torch_device,
                 batch_size=batch_size,
                 num_workers=num_workers,
