@@ -1,4 +1,4 @@
-"""The GPU check script (benchmarks/gpu.py) runs its code paths on the CPU and records every figure."""
+"""The benchmark scripts run and record every figure: the GPU check (on the CPU here) and the scale-out benchmark."""
 
 import json
 import os
@@ -40,3 +40,21 @@ def test_gpu_check_without_cuda_skips_cleanly():
         [sys.executable, "gpu.py"], cwd=BENCHMARKS, capture_output=True, text=True, check=True, timeout=300
     )
     assert "Skipped: no CUDA device" in completed.stdout
+
+
+@pytest.mark.slow  # seven local dask clusters embedding 4 small slides 3 times each
+def test_scale_benchmark_records_both_settings():
+    result_path = BENCHMARKS / "results" / "scale_quick.json"
+    result_path.unlink(missing_ok=True)
+    subprocess.run([sys.executable, "scale.py", "--quick"], cwd=BENCHMARKS, check=True, timeout=900)
+    figures = json.loads(result_path.read_text())["figures"]
+    settings = ["shared_cores", "one_core_per_worker"] if hasattr(os, "sched_setaffinity") else ["shared_cores"]
+    for setting in settings:
+        runs = figures[setting]
+        for run, n_processes in (("in_process", 1), ("1_worker", 1), ("2_workers", 2)):
+            assert runs[run]["slides_per_minute"] > 0
+            assert len(runs[run]["cpu_s_per_slide"]) == n_processes
+        # both workers got slides
+        assert all(share > 0 for share in runs["2_workers"]["cpu_s_per_slide"])
+        one, two = runs["1_worker"]["slides_per_minute"], runs["2_workers"]["slides_per_minute"]
+        assert runs["scaling_2_vs_1_workers"] == pytest.approx(two / one, abs=1e-3)
