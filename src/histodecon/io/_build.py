@@ -9,7 +9,8 @@ from anndata import AnnData
 from scipy import sparse
 from spatialdata import SpatialData
 from spatialdata.models import Image2DModel, ShapesModel, TableModel
-from spatialdata.transformations import Identity, Scale
+from spatialdata.transformations import BaseTransformation, Identity, Scale, set_transformation
+from xarray import DataArray, Dataset, DataTree
 
 from histodecon._constants import Key
 from histodecon._geometry import SampleGeometry, cache_record, check_geometry
@@ -29,8 +30,42 @@ def _pyramid_factors(height: int, width: int) -> list[int] | None:
     return factors or None
 
 
+def _image_element(
+    levels: list[np.ndarray | da.Array], transform: dict[str, BaseTransformation]
+) -> DataArray | DataTree:
+    """The image as spatialdata stores it, in 1024 px chunks: stored levels kept, else a pyramid built when large."""
+    if len(levels) > 1:
+        return _stored_pyramid(levels, transform)
+    image = da.asarray(levels[0])
+    c, height, width = image.shape
+    return Image2DModel.parse(
+        image.rechunk((c, IMAGE_CHUNK_PX, IMAGE_CHUNK_PX)),
+        dims=("c", "y", "x"),
+        c_coords=["r", "g", "b"],
+        chunks=(c, IMAGE_CHUNK_PX, IMAGE_CHUNK_PX),
+        scale_factors=_pyramid_factors(height, width),
+        transformations=transform,
+    )
+
+
+def _stored_pyramid(levels: list[np.ndarray | da.Array], transform: dict[str, BaseTransformation]) -> DataTree:
+    """A file's stored pyramid levels (finest first) as one multiscale image, placed by ``transform``."""
+    full = dict(zip("yx", levels[0].shape[1:], strict=True))
+    scales = {}
+    for i, level in enumerate(levels):
+        level = da.asarray(level).rechunk((3, IMAGE_CHUNK_PX, IMAGE_CHUNK_PX))
+        # pixel centres in full-resolution pixels, as spatialdata places them
+        coords = {ax: (np.arange(n) + 0.5) * full[ax] / n for ax, n in zip("yx", level.shape[1:], strict=True)}
+        array = DataArray(level, dims=("c", "y", "x"), coords={"c": ["r", "g", "b"], **coords})
+        scales[f"scale{i}"] = Dataset({"image": array})
+    tree = DataTree.from_dict(scales)
+    set_transformation(tree, transform, set_all=True)
+    Image2DModel().validate(tree)
+    return tree
+
+
 def build_sdata(
-    image: np.ndarray | da.Array,
+    image: np.ndarray | da.Array | list[np.ndarray | da.Array],
     centres_xy: np.ndarray,
     *,
     sample: str,
@@ -51,7 +86,9 @@ def build_sdata(
     Parameters
     ----------
     image
-        RGB image, ``(c, y, x)`` uint8.
+        RGB image, ``(c, y, x)`` uint8, or its stored pyramid levels, finest first (a list),
+        which are kept as they are. A single image longer than :data:`PYRAMID_ABOVE_PX` gets a
+        pyramid of halvings.
     centres_xy
         Spot centres in full-resolution pixels, ``(n, 2)`` as ``(x, y)``.
     sample
@@ -82,17 +119,7 @@ def build_sdata(
 
     image_key, shapes_key = f"{sample}_image", f"{sample}_spots"
     transform = {Key.cs.pixels(sample): Identity(), Key.cs.micrometres(sample): Scale([mpp, mpp], axes=("x", "y"))}
-    image = da.asarray(image)
-    c, height, width = image.shape
-    image = image.rechunk((c, IMAGE_CHUNK_PX, IMAGE_CHUNK_PX))
-    image_el = Image2DModel.parse(
-        image,
-        dims=("c", "y", "x"),
-        c_coords=["r", "g", "b"],
-        chunks=(c, IMAGE_CHUNK_PX, IMAGE_CHUNK_PX),
-        scale_factors=_pyramid_factors(height, width),
-        transformations=transform,
-    )
+    image_el = _image_element(image if isinstance(image, list) else [image], transform)
     shapes_el = ShapesModel.parse(
         centres_xy,
         geometry=0,

@@ -14,7 +14,7 @@ from histodecon._utils import check_centres, check_positive, check_spots_inside,
 from histodecon.io._build import build_sdata
 from histodecon.io._image import check_file, read_image
 from histodecon.io._slide import MPP_SOURCE
-from histodecon.io._wsi import file_mpp, stored_pyramid
+from histodecon.io._wsi import file_mpp
 
 #: Metadata fields holding µm per pixel, in the order used: HEST's own estimate, then the scanner's.
 HEST_MPP_FIELDS = {"pixel_size_um_estimated": "hest-estimated", "pixel_size_um_embedded": "hest-embedded"}
@@ -104,7 +104,7 @@ def read_hest(
     levels = read_image(image_path)
     check_spots_inside(centres, adata.obs_names, levels[0].shape[2], levels[0].shape[1], image_path.name)
     sdata = build_sdata(
-        levels[0],
+        levels,
         centres,
         sample=sample_id,
         mpp=mpp,
@@ -120,7 +120,4 @@ def read_hest(
     record.update({MPP_SOURCE: mpp_source, "spot_diameter_um": float(spot_diameter_um)})
     if (spacing := _number(meta.get(SPOT_SPACING_FIELD))) is not None:
         record["spot_spacing_um"] = spacing
-    if len(levels) > 1:
-        (image_key,) = sdata.images
-        sdata.images[image_key] = stored_pyramid(levels, sdata.images[image_key])
     return sdata

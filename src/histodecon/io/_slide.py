@@ -17,7 +17,7 @@ from histodecon._utils import check_positive
 from histodecon.io._build import build_sdata
 from histodecon.io._grid import default_spacing, grid_centres
 from histodecon.io._image import as_rgb, read_image
-from histodecon.io._wsi import resolve_mpp, stored_pyramid
+from histodecon.io._wsi import resolve_mpp
 
 #: Fields of the per-sample provenance record written here: where ``mpp`` came from and the grid laid.
 MPP_SOURCE, GRID, GRID_SPACING_UM = "mpp_source", "grid", "grid_spacing_um"
@@ -170,11 +170,8 @@ def read_slide(
     ids = pd.Index([f"{c}x{r}" for c, r in zip(grid_col[tissue], grid_row[tissue], strict=True)])
     obs = pd.DataFrame({"array_col": grid_col[tissue], "array_row": grid_row[tissue]}, index=ids)
     sdata = build_sdata(
-        levels[0], centres[tissue], sample=sample, mpp=mpp, spot_diameter_px=spot_px, spot_ids=ids, obs=obs
+        levels, centres[tissue], sample=sample, mpp=mpp, spot_diameter_px=spot_px, spot_ids=ids, obs=obs
     )
     record = sdata.tables[Key.tables.table].uns[Key.uns.root][Key.uns.samples][sample]
     record.update({MPP_SOURCE: mpp_source, GRID: grid, GRID_SPACING_UM: float(spacing_um)})
-    if len(levels) > 1:
-        (image_key,) = sdata.images
-        sdata.images[image_key] = stored_pyramid(levels, sdata.images[image_key])
     return sdata

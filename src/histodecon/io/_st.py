@@ -136,13 +136,13 @@ def read_st(
     spot_table, count_table = spot_table.loc[ids], count_table.loc[ids]
     centres = check_centres(spot_table[["pixel_x", "pixel_y"]], ids, f"pixel positions of {spots_path.name!r}")
 
-    (full, *_) = read_image(image_path)
-    check_spots_inside(centres, ids, full.shape[2], full.shape[1], image_path.name)
+    levels = read_image(image_path)
+    check_spots_inside(centres, ids, levels[0].shape[2], levels[0].shape[1], image_path.name)
     if mpp is None:
         mpp = estimate_mpp(centres, spot_pitch_um)
         logger.info(f"Estimated {mpp:.4f} um/px for {sample!r} from the {spot_pitch_um:g} um spot pitch.")
     return build_sdata(
-        full,
+        levels,
         centres,
         sample=sample,
         mpp=mpp,

@@ -15,7 +15,6 @@ from histodecon._utils import check_centres, check_positive, check_positive_int,
 from histodecon.io._build import build_sdata
 from histodecon.io._image import check_file, read_image
 from histodecon.io._slide import MPP_SOURCE
-from histodecon.io._wsi import stored_pyramid
 
 BINNED_OUTPUTS, MICROSCOPE_IMAGE, FEATURE_SLICE = "binned_outputs", "microscope_image", "feature_slice.h5"
 SCALEFACTORS, HIRES_IMAGE = "scalefactors_json.json", "tissue_hires_image.png"
@@ -147,7 +146,7 @@ def read_visium_hd(
     check_spots_inside(centres, adata.obs_names, levels[0].shape[2], levels[0].shape[1], image_path.name)
 
     sdata = build_sdata(
-        levels[0],
+        levels,
         centres,
         sample=sample,
         mpp=mpp,
@@ -161,6 +160,4 @@ def read_visium_hd(
     table.var = adata.var.copy()
     record = table.uns[Key.uns.root][Key.uns.samples][sample]
     record.update({MPP_SOURCE: "visium-hd-scalefactors", BIN_SIZE_UM: float(bin_size), FIELD_UM: field_um})
-    if len(levels) > 1:
-        sdata.images[f"{sample}_image"] = stored_pyramid(levels, sdata.images[f"{sample}_image"])
     return sdata

@@ -9,13 +9,9 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 import tifffile
-from spatialdata.models import Image2DModel
-from spatialdata.transformations import get_transformation, set_transformation
-from xarray import DataArray, Dataset, DataTree
 
 from histodecon._settings import logger
 from histodecon._utils import check_positive
-from histodecon.io._build import IMAGE_CHUNK_PX
 from histodecon.io._image import TIFF_SUFFIXES, over_white
 
 #: Vendor formats read through OpenSlide (TIFF, OME-TIFF and SVS go through tifffile).
@@ -157,19 +153,3 @@ def resolve_mpp(mpp: float | None, path: Path | None) -> tuple[float, str]:
         )
     logger.info(f"{path.name}: {found[0]:g} µm/px from its {found[1]} metadata.")
     return found
-
-
-def stored_pyramid(levels: list[np.ndarray | da.Array], like: DataArray | DataTree) -> DataTree:
-    """The stored pyramid levels as a multiscale image, in the coordinate systems of ``like`` (its finest level)."""
-    full = dict(zip("yx", levels[0].shape[1:], strict=True))
-    scales = {}
-    for i, level in enumerate(levels):
-        level = da.asarray(level).rechunk((3, IMAGE_CHUNK_PX, IMAGE_CHUNK_PX))
-        # pixel centres in full-resolution pixels, as spatialdata places them
-        coords = {ax: (np.arange(n) + 0.5) * full[ax] / n for ax, n in zip("yx", level.shape[1:], strict=True)}
-        array = DataArray(level, dims=("c", "y", "x"), coords={"c": ["r", "g", "b"], **coords})
-        scales[f"scale{i}"] = Dataset({"image": array})
-    tree = DataTree.from_dict(scales)
-    set_transformation(tree, get_transformation(like, get_all=True), set_all=True)
-    Image2DModel().validate(tree)
-    return tree

@@ -21,7 +21,6 @@ from histodecon.io._build import build_sdata
 from histodecon.io._grid import GRIDS, default_spacing, grid_centres
 from histodecon.io._image import check_file, read_image
 from histodecon.io._slide import GRID, GRID_SPACING_UM, MPP_SOURCE
-from histodecon.io._wsi import stored_pyramid
 
 SPECS, HE_SUFFIX, ALIGNMENT_SUFFIX = "experiment.xenium", "he_image.ome.tif", "alignment.csv"
 SPOTS = ("cells", "grid")
@@ -180,7 +179,7 @@ def read_xenium(
             logger.info(f"Left out {len(centres) - len(keep)} of {len(centres)} cells lying off the H&E.")
         obs = adata.obs.drop(columns=[region_key]).iloc[keep]
         sdata = build_sdata(
-            levels[0],
+            levels,
             centres[keep],
             sample=sample,
             mpp=mpp,
@@ -204,7 +203,7 @@ def read_xenium(
         ids = pd.Index([f"{c}x{r}" for c, r in zip(cols, rows, strict=True)])
         obs = pd.DataFrame({Key.obs.array_col: cols, Key.obs.array_row: rows, N_CELLS: n_cells}, index=ids)
         sdata = build_sdata(
-            levels[0],
+            levels,
             spot_centres,
             sample=sample,
             mpp=mpp,
@@ -218,6 +217,4 @@ def read_xenium(
     table = get_table(sdata)
     table.var = adata.var.copy()
     table.uns[Key.uns.root][Key.uns.samples][sample].update(record | {"spot_diameter_um": float(spot_diameter_um)})
-    if len(levels) > 1:
-        sdata.images[f"{sample}_image"] = stored_pyramid(levels, sdata.images[f"{sample}_image"])
     return sdata
