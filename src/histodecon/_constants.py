@@ -54,10 +54,15 @@ class Key:
     class obsp:
         """Spot-by-spot graphs of :func:`histodecon.gr.rbf_graph`."""
 
-        #: Its default ``key_added``: the prefix of the two keys below and of ``Key.uns.rbf_neighbors``.
+        #: Its default ``key_added``, the prefix of its ``obsp`` and ``uns`` keys.
         rbf = "rbf"
-        connectivities = "rbf_connectivities"
-        distances = "rbf_distances"
+        #: ``obsp`` key of the default graph's weights, read by :func:`histodecon.gr.moran_r`.
+        connectivities = f"{rbf}_connectivities"
+
+        @staticmethod
+        def graph(key_added: str) -> tuple[str, str]:
+            """``obsp`` keys of the weights and distances of a graph written with ``key_added``."""
+            return f"{key_added}_connectivities", f"{key_added}_distances"
 
     class uns:
         """Unstructured results and histodecon's provenance record ``uns[Key.uns.root]``."""
@@ -70,8 +75,12 @@ class Key:
         predictions = "predictions"
         deconvolve = "deconvolve"
         synthetic = "synthetic"
-        rbf_neighbors = "rbf_neighbors"
         moran_suffix = "_moranR"
+
+        @staticmethod
+        def graph(key_added: str) -> str:
+            """``uns`` key of the keys and parameters of a graph written with ``key_added``."""
+            return f"{key_added}_neighbors"
 
         @staticmethod
         def moran(key: str) -> str:

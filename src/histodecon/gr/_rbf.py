@@ -248,7 +248,7 @@ def rbf_graph(
     for sample, mpp in mpps.items():
         if mpp is not None:
             _screen_spacing(trees[sample], mpp, f"sample {sample!r}")
-    conn_key, dist_key, params_key = f"{key_added}_connectivities", f"{key_added}_distances", f"{key_added}_neighbors"
+    (conn_key, dist_key), params_key = Key.obsp.graph(key_added), Key.uns.graph(key_added)
     check_overwrite(adata.obsp, conn_key, "adata.obsp", overwrite)
     check_overwrite(adata.obsp, dist_key, "adata.obsp", overwrite)
     check_overwrite(adata.uns, params_key, "adata.uns", overwrite)
