@@ -13,7 +13,7 @@ from spatialdata import SpatialData
 
 from histodecon._constants import Key
 from histodecon._docs import inject_docs
-from histodecon._utils import check_overwrite, copy_data, get_table, write_result
+from histodecon._utils import cell_type_frame, check_overwrite, copy_data, get_table, write_result
 
 from ._rbf import sample_blocks
 
@@ -32,26 +32,17 @@ class _Standardised:
 
 
 def _abundances(adata: AnnData, key: str) -> pd.DataFrame:
-    if key not in adata.obsm:
-        raise KeyError(
-            f"No `obsm[{key!r}]` in the table; its obsm keys are {list(adata.obsm)}. "
-            "Pass `key=` naming a spots x cell types matrix, e.g. 'abund' or 'pred_abund'."
-        )
-    values = adata.obsm[key]
-    frame = values if isinstance(values, pd.DataFrame) else pd.DataFrame(np.asarray(values))
-    columns = frame.columns.astype(str)
-    non_numeric = [name for name, dtype in frame.dtypes.items() if not pd.api.types.is_numeric_dtype(dtype)]
-    if non_numeric:
-        raise TypeError(
-            f"`obsm[{key!r}]` has non-numeric columns {non_numeric}; Moran's R needs numeric abundances per cell type. "
-            "Pass `key=` a spots x cell types matrix of numbers."
-        )
+    missing = (
+        f"No `obsm[{key!r}]` in the table; its obsm keys are {list(adata.obsm)}. "
+        "Pass `key=` naming a spots x cell types matrix, e.g. 'abund' or 'pred_abund'."
+    )
+    frame = cell_type_frame(adata, key, missing=missing)
     matrix = frame.to_numpy(dtype=np.float64, copy=True)  # z-scored in place, never the table's values
     finite = np.isfinite(matrix)
     if not finite.all():
-        bad = columns[~finite.all(axis=0)].tolist()
+        bad = frame.columns[~finite.all(axis=0)].tolist()
         raise ValueError(f"`obsm[{key!r}]` has missing or infinite values in {bad}; fill or drop those spots first.")
-    return pd.DataFrame(matrix, columns=columns, copy=False)
+    return pd.DataFrame(matrix, columns=frame.columns, copy=False)
 
 
 def _weights(adata: AnnData, connectivity_key: str) -> sparse.csr_matrix:
