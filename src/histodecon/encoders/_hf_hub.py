@@ -14,12 +14,10 @@ import os
 from functools import lru_cache, partial
 from pathlib import Path
 
-import torch
-
 from histodecon._constants import Key
 
-from ._registry import IMAGENET_MEAN, IMAGENET_STD, Encoder, WeightsSource, register_scheme
-from ._vit import RESIZE_MODES, TIMM_WEIGHTS_FILE, drop_classifier
+from ._registry import Encoder, register_scheme
+from ._vit import TIMM_WEIGHTS_FILE, timm_encoder
 from ._weights import _from_hub
 
 #: The file of a timm Hub repository that names the architecture and its preprocessing.
@@ -86,26 +84,12 @@ def hf_hub_entry(repo_id: str) -> Encoder:
             f"{config_path} names the architecture {architecture!r}, which timm {timm.__version__} does not "
             "know. Upgrade timm, or check that the repository is in timm's format."
         )
-    build = partial(timm.create_model, architecture, pretrained=False, **(model_args | {"num_classes": 0}))
-    size = pretrained_cfg.get("input_size", (3, 224, 224))[-1]
-    with torch.device("meta"):
-        dim = build()(torch.empty(1, 3, size, size)).shape[-1]
-    classifier = pretrained_cfg.get("classifier") or ()
-    interpolation = pretrained_cfg.get("interpolation", "bicubic")
-    return Encoder(
-        name=f"{PREFIX}{repo_id}",
-        dim=dim,
-        build=build,
-        input_size=size,
-        patch_size=size,
-        mean=tuple(pretrained_cfg.get("mean", IMAGENET_MEAN)),
-        std=tuple(pretrained_cfg.get("std", IMAGENET_STD)),
-        interpolation=interpolation if interpolation in RESIZE_MODES else "bicubic",
-        weights=WeightsSource(
-            repo_id,
-            weights_file(config_path),
-            extract=partial(drop_classifier, classifier=(classifier,) if isinstance(classifier, str) else classifier),
-        ),
+    return timm_encoder(
+        f"{PREFIX}{repo_id}",
+        partial(timm.create_model, architecture, pretrained=False, **(model_args | {"num_classes": 0})),
+        pretrained_cfg,
+        repo_id=repo_id,
+        weights_file=weights_file(config_path),
         description=f"timm model {architecture!r} from https://huggingface.co/{repo_id}, without its classifier.",
     )
 

@@ -6,12 +6,14 @@ and /UNI2-h), so the published ``pytorch_model.bin`` files load strictly.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from functools import lru_cache, partial
+from typing import Any
 
 import torch
 from torch import nn
 
-from ._registry import Encoder, WeightsSource, register, register_scheme
+from ._registry import IMAGENET_MEAN, IMAGENET_STD, Encoder, WeightsSource, register, register_scheme
 
 #: File name of a ``timm:<name>`` model's weights, as timm publishes them on the Hugging Face Hub.
 TIMM_WEIGHTS_FILE = "model.safetensors"
@@ -93,31 +95,57 @@ def timm_entry(model_name: str) -> Encoder:
     512
     """
     import timm
+    from timm.models import get_pretrained_cfg
 
     if not timm.is_model(model_name):
         raise KeyError(f"'timm:{model_name}' names no timm model. List them with `timm.list_models('*pattern*')`.")
-    build = partial(timm.create_model, model_name, pretrained=False, num_classes=0)
+    config = get_pretrained_cfg(model_name)
+    return timm_encoder(
+        f"timm:{model_name}",
+        partial(timm.create_model, model_name, pretrained=False, num_classes=0),
+        {} if config is None else config.to_dict(),
+        repo_id=None if config is None else config.hf_hub_id,
+        weights_file=TIMM_WEIGHTS_FILE,
+        description=f"timm model {model_name!r} without its classifier.",
+    )
+
+
+def timm_encoder(
+    name: str,
+    build: Callable[[], nn.Module],
+    config: Mapping[str, Any],
+    *,
+    repo_id: str | None,
+    weights_file: str,
+    description: str,
+) -> Encoder:
+    """The entry of a timm model built without its classifier, preprocessed as its ``pretrained_cfg`` says.
+
+    Input size, mean, std and resize mode come from ``config`` (timm's defaults where absent;
+    resize modes other than bilinear fall back to bicubic); the embedding length from a forward
+    pass on the meta device (``num_features`` is not always the output length, e.g.
+    MobileNetV3). Classifier weights in the weights file are dropped.
+    """
+    size = config.get("input_size", (3, 224, 224))[-1]
     with torch.device("meta"):
-        model = build()
-        config = model.pretrained_cfg
-        size = config["input_size"][-1]
-        dim = model(torch.empty(1, 3, size, size)).shape[-1]
+        dim = build()(torch.empty(1, 3, size, size)).shape[-1]
     classifier = config.get("classifier") or ()
+    interpolation = config.get("interpolation", "bicubic")
     return Encoder(
-        name=f"timm:{model_name}",
+        name=name,
         dim=dim,
         build=build,
         input_size=size,
         patch_size=size,
-        mean=tuple(config["mean"]),
-        std=tuple(config["std"]),
-        interpolation=config["interpolation"] if config["interpolation"] in RESIZE_MODES else "bicubic",
+        mean=tuple(config.get("mean", IMAGENET_MEAN)),
+        std=tuple(config.get("std", IMAGENET_STD)),
+        interpolation=interpolation if interpolation in RESIZE_MODES else "bicubic",
         weights=WeightsSource(
-            config.get("hf_hub_id"),
-            TIMM_WEIGHTS_FILE,
+            repo_id,
+            weights_file,
             extract=partial(drop_classifier, classifier=(classifier,) if isinstance(classifier, str) else classifier),
         ),
-        description=f"timm model {model_name!r} without its classifier.",
+        description=description,
     )
 
 
