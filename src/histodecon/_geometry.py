@@ -180,18 +180,27 @@ def _from_structure(sdata: SpatialData, adata: AnnData, sample: str) -> SampleGe
         )
     image_key = _image_of_shapes(sdata, shapes, shapes_key, sample)
     image = sdata.images[image_key]
-    to_pixels = affine_between(shapes, image)
-    radius = float(np.median(shapes["radius"].to_numpy(dtype=np.float64))) if len(shapes) else np.nan
-    spot_diameter_px = 2 * radius * float(np.sqrt(abs(np.linalg.det(to_pixels[:2, :2]))))
-    systems = get_transformation(image, get_all=True)
-    micrometres = Key.cs.micrometres(sample)
-    if micrometres in systems:
-        mpp = linear_scale(systems[micrometres])
-    else:
-        mpp = _cache(adata).get(sample, {}).get("mpp")
     return SampleGeometry(
-        sample=sample, mpp=mpp, spot_diameter_px=spot_diameter_px, image_key=image_key, shapes_key=shapes_key
+        sample=sample,
+        mpp=recorded_mpp(image, adata, sample),
+        spot_diameter_px=circles_diameter_px(shapes, affine_between(shapes, image)),
+        image_key=image_key,
+        shapes_key=shapes_key,
     )
+
+
+def circles_diameter_px(circles, to_pixels: np.ndarray) -> float:
+    """The circles' median diameter in image pixels; ``to_pixels`` is the affine from the circles to the image."""
+    radius = float(np.median(circles["radius"].to_numpy(dtype=np.float64))) if len(circles) else np.nan
+    return 2 * radius * float(np.sqrt(abs(np.linalg.det(to_pixels[:2, :2]))))
+
+
+def recorded_mpp(image, adata: AnnData, sample: str) -> float | None:
+    """The µm/px of ``sample``: the image's scale to ``f"{sample}_um"``, else the table's cache, else ``None``."""
+    systems = get_transformation(image, get_all=True)
+    if Key.cs.micrometres(sample) in systems:
+        return linear_scale(systems[Key.cs.micrometres(sample)])
+    return _cache(adata).get(sample, {}).get("mpp")
 
 
 def _shapes_of_sample(sdata: SpatialData, adata: AnnData, sample: str) -> str:

@@ -16,8 +16,9 @@ from histodecon._geometry import (
     affine_between,
     cache_record,
     check_geometry,
+    circles_diameter_px,
     images_sharing,
-    linear_scale,
+    recorded_mpp,
     table_region_keys,
 )
 from histodecon._settings import logger
@@ -185,8 +186,7 @@ def _adoption(
     points = shapes.geometry.loc[instances]
     xy1 = np.stack([points.x.to_numpy(), points.y.to_numpy(), np.ones(len(rows))], axis=1)
     centres = check_centres((xy1 @ to_pixels.T)[:, :2], adata.obs_names[rows], f"centres of the shapes {region!r}")
-    scale = float(np.sqrt(abs(np.linalg.det(to_pixels[:2, :2]))))
-    spot_diameter_px = 2 * float(np.median(shapes["radius"].to_numpy(dtype=np.float64))) * scale
+    spot_diameter_px = circles_diameter_px(shapes, to_pixels)
     full = get_pyramid_levels(image, n=0) if isinstance(image, DataTree) else image
     check_spots_inside(centres, adata.obs_names[rows], full.sizes["x"], full.sizes["y"], image_key)
     mpp = _resolve_mpp(mpp, image, adata, sample, centres, spot_diameter_px, spot_diameter_um)
@@ -235,12 +235,9 @@ def _resolve_mpp(mpp, image, adata, sample, centres, spot_diameter_px, spot_diam
     """The µm/px: given, already recorded, from a known spot diameter, or from Visium's layout."""
     if mpp is not None:
         return float(mpp)
-    systems = get_transformation(image, get_all=True)
-    if Key.cs.micrometres(sample) in systems:
-        return linear_scale(systems[Key.cs.micrometres(sample)])
-    cached = adata.uns.get(Key.uns.root, {}).get(Key.uns.samples, {}).get(sample, {}).get("mpp")
-    if cached is not None:
-        return cached
+    recorded = recorded_mpp(image, adata, sample)
+    if recorded is not None:
+        return recorded
     if spot_diameter_um is not None:
         return spot_diameter_um / spot_diameter_px
     ratio = nearest_neighbour_px(centres) / spot_diameter_px
