@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pooch
 import pytest
+import spatialdata as sd
 from PIL import Image
 
 import histodecon as hd
@@ -85,6 +86,17 @@ def test_c2_reads_with_its_geometry_and_proportions(her2st_dir):
         x, y = spots.loc[table.obs_names[k], ["pixel_x", "pixel_y"]]
         x0, y0 = int(np.floor(x - 112 + 0.5)), int(np.floor(y - 112 + 0.5))
         np.testing.assert_array_equal(patches[k], pixels[y0 : y0 + 224, x0 : x0 + 224])
+
+
+def test_slashed_cell_type_names_are_renamed_so_the_slide_saves(tmp_path):
+    props = _mini_her2st(tmp_path / "her2st").rename(columns={"T": "CAFs MSC/iCAF-like"})
+    props.to_csv(tmp_path / "her2st" / "ST-deconv" / "minor" / "H3-proportion.tsv", sep="\t")
+    sdata = hd.datasets.her2st("H3", data_dir=tmp_path, proportions="minor")
+    expected = props.rename(columns={"CAFs MSC/iCAF-like": "CAFs MSC_iCAF-like"})
+    pd.testing.assert_frame_equal(sdata.tables["table"].obsm["proportions"], expected, check_names=False)
+    sdata.write(tmp_path / "h3.zarr")
+    back = sd.read_zarr(tmp_path / "h3.zarr").tables["table"].obsm["proportions"]
+    pd.testing.assert_frame_equal(back, expected, check_names=False)
 
 
 @pytest.mark.data

@@ -108,7 +108,10 @@ def _add_proportions(sdata: SpatialData, path: Path) -> SpatialData:
         sdata.tables[Key.tables.table] = adata
         region = adata.obs[Key.obs.region].iloc[0]
         sdata.shapes[region] = sdata.shapes[region].loc[adata.obs_names]
-    adata.obsm[Key.obsm.proportions] = table.loc[adata.obs_names].astype("float64")
+    renamed = {name: name.replace("/", "_") for name in table.columns if "/" in name}
+    if renamed:
+        logger.info(f"Renamed cell types {renamed} of {path.name!r}: zarr cannot store '/' in a column name.")
+    adata.obsm[Key.obsm.proportions] = table.loc[adata.obs_names].rename(columns=renamed).astype("float64")
     return sdata
 
 
@@ -139,7 +142,9 @@ def her2st(
     proportions
         Tier of the stereoscope proportions put in ``obsm['proportions']``: ``"major"``
         (8 cell types) or ``"minor"`` (22); ``None`` reads none. Spots without a proportions
-        row are dropped (logged), so that the training target has no gaps.
+        row are dropped (logged), so that the training target has no gaps. A ``/`` in a cell
+        type's name becomes ``_`` (``"CAFs MSC/iCAF-like"`` -> ``"CAFs MSC_iCAF-like"``), so that
+        the slide and the models trained on it can be saved.
 
     Returns
     -------
