@@ -25,6 +25,7 @@ from histodecon._utils import (
     write_result,
 )
 
+from ._field_match import PATCH_FIELD_UM, training_fields_um, warn_on_other_fields
 from ._hyperparameters import Hyperparameters
 from ._inputs import InputOptions, spot_inputs
 from ._regressor import AbundanceRegressor
@@ -96,7 +97,10 @@ def fit(
 
     Returns
     -------
-    The trained regressor; ``model.provenance["samples"]`` lists the training samples and
+    The trained regressor; ``model.provenance["samples"]`` lists the training samples,
+    ``model.provenance["patch_field_um"]`` the smallest and largest side in µm of the patches
+    behind each encoder's embeddings (from :func:`histodecon.tl.embed`'s record; :func:`predict`
+    warns when a slide's patches differ from them by more than 10%) and
     ``model.provenance["cost"]`` what training cost: ``fit_seconds`` (reading the slides'
     inputs and training), ``epochs`` (all epochs trained, the refit included),
     ``peak_host_mb`` (peak resident memory of the process) and, on CUDA, ``peak_gpu_mb``
@@ -120,7 +124,14 @@ def fit(
         spots = spot_table(slides, names, target, table_key=table_key, groupby=groupby, inputs=inputs)
         model = AbundanceRegressor(hyperparameters=options, device=device)
         model.fit(spots.features, spots.target, groups=spots.groups, feature_dims=spots.feature_dims, inputs=inputs)
-    model.provenance.update({"samples": spots.sample_names, "target": target, "cost": training_cost(cost, model)})
+    model.provenance.update(
+        {
+            "samples": spots.sample_names,
+            "target": target,
+            "cost": training_cost(cost, model),
+            PATCH_FIELD_UM: training_fields_um([get_table(slide, table_key) for slide in slides], names),
+        }
+    )
     return model
 
 
@@ -139,7 +150,10 @@ def predict(
 
     The slide must hold the embeddings the model was trained on (``obsm["X_<name>"]`` for
     every name in ``model.feature_keys``, with the same widths). Every spot is predicted,
-    in tissue or not; spots whose embeddings contain NaN get NaN predictions (logged).
+    in tissue or not; spots whose embeddings contain NaN get NaN predictions (logged). A
+    warning names the fix when the slide's patches cover another field (side in µm) than the
+    training slides' did, e.g. 123 µm Visium patches for a model trained on 224 µm legacy-ST
+    ones.
 
     Parameters
     ----------
@@ -185,6 +199,7 @@ def predict(
     if table.n_obs == 0:
         raise ValueError("The table has no spots to predict; read a slide with spots (`hd.io`) first.")
     check_overwrite(table.obsm, key_added, "adata.obsm", overwrite)
+    warn_on_other_fields(table, model.feature_keys, model.provenance.get(PATCH_FIELD_UM, {}))
     x = spot_inputs(
         table, feature_matrix(table, model.feature_keys, model.feature_dims), in_tissue(table), model.inputs
     )

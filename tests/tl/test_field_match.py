@@ -1,0 +1,62 @@
+"""fit records the patch field of its training embeddings; predict warns on slides embedded over another."""
+
+import warnings
+
+import anndata as ad
+import numpy as np
+import pytest
+
+import histodecon as hd
+
+FIELD_WARNING = "patches of another size than the model was trained on"
+
+
+@pytest.fixture(scope="module")
+def model_and_slides():
+    """A model trained on two synthetic slides at the default field: 112 px at 1.1 um/px, 123.2 um."""
+    slides = [hd.datasets.synthetic(n_spots=60, seed=seed, sample=f"s{seed}") for seed in range(3)]
+    for sdata in slides:
+        hd.tl.embed(sdata)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a two-epoch model may look collapsed: not what is tested here
+        model = hd.tl.fit(slides[:2], target="abund", max_epochs=2)
+    return model, slides
+
+
+def _field_warnings(model, sdata, **kwargs) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        hd.tl.predict(sdata, model, overwrite=True, **kwargs)
+    return [str(w.message) for w in caught if FIELD_WARNING in str(w.message)]
+
+
+def test_fit_records_the_training_field(model_and_slides):
+    model, _ = model_and_slides
+    assert model.provenance["patch_field_um"] == {"handcrafted": [pytest.approx(123.2), pytest.approx(123.2)]}
+
+
+def test_same_field_predicts_quietly(model_and_slides):
+    model, slides = model_and_slides
+    assert _field_warnings(model, slides[2]) == []
+
+
+def test_another_field_warns_with_the_fix_and_the_fix_silences_it(model_and_slides, tmp_path):
+    model, _ = model_and_slides
+    sdata = hd.datasets.synthetic(n_spots=40, seed=5, sample="wide")
+    hd.tl.embed(sdata, mpp=2.0)  # 224 um patches
+    (message,) = _field_warnings(model, sdata)
+    assert "'wide' (224 µm)" in message and "(123 µm)" in message
+    assert "hd.tl.embed(sdata, ['handcrafted'], patch_size=112, mpp=1.1, overwrite=True)" in message
+
+    model.save(tmp_path / "model")  # the record survives saving
+    assert len(_field_warnings(hd.tl.AbundanceRegressor.load(tmp_path / "model"), sdata)) == 1
+
+    hd.tl.embed(sdata, ["handcrafted"], patch_size=112, mpp=1.1, overwrite=True)
+    assert _field_warnings(model, sdata) == []
+
+
+def test_embeddings_without_a_record_are_not_judged(model_and_slides):
+    model, slides = model_and_slides
+    table = slides[2].tables["table"]
+    bare = ad.AnnData(obs=table.obs[["sample"]].copy(), obsm={"X_handcrafted": np.asarray(table.obsm["X_handcrafted"])})
+    assert _field_warnings(model, bare) == []
