@@ -88,6 +88,13 @@ def test_c2_reads_with_its_geometry_and_proportions(her2st_dir):
         np.testing.assert_array_equal(patches[k], pixels[y0 : y0 + 224, x0 : x0 + 224])
 
 
+def test_upper_case_jpeg_suffix_is_found(tmp_path):
+    _mini_her2st(tmp_path / "her2st")
+    folder = tmp_path / "her2st" / "ST-imgs" / "H" / "H3"
+    (folder / "slide.jpg").rename(folder / "slide.JPG")
+    assert hd.datasets.her2st("H3", data_dir=tmp_path, proportions=None).tables["table"].n_obs == 6
+
+
 def test_slashed_cell_type_names_are_renamed_so_the_slide_saves(tmp_path):
     props = _mini_her2st(tmp_path / "her2st").rename(columns={"T": "CAFs MSC/iCAF-like"})
     props.to_csv(tmp_path / "her2st" / "ST-deconv" / "minor" / "H3-proportion.tsv", sep="\t")

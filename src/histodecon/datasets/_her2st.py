@@ -85,10 +85,11 @@ def _download(section: str, proportions: str | None, root: Path) -> Path:
 
 def _section_files(root: Path, section: str) -> tuple[Path, Path, Path]:
     patient = section[0]
-    images = sorted((root / "ST-imgs" / patient / section).glob("*.jpg"))
+    folder = root / "ST-imgs" / patient / section
+    images = sorted(path for path in folder.glob("*") if path.suffix.lower() in (".jpg", ".jpeg"))
     if len(images) != 1:
         raise FileNotFoundError(
-            f"Expected one JPEG in {str(root / 'ST-imgs' / patient / section)!r}, found {len(images)}. "
+            f"Expected one JPEG in {str(folder)!r}, found {len(images)}. "
             "Keep the her2st layout ST-imgs/{patient}/{section}/*.jpg."
         )
     return root / "ST-cnts" / f"{section}.tsv.gz", root / "ST-spotfiles" / f"{section}_selection.tsv", images[0]
