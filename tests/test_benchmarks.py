@@ -48,7 +48,8 @@ def test_scale_benchmark_records_both_settings():
     result_path.unlink(missing_ok=True)
     subprocess.run([sys.executable, "scale.py", "--quick"], cwd=BENCHMARKS, check=True, timeout=900)
     figures = json.loads(result_path.read_text())["figures"]
-    settings = ["shared_cores", "one_core_per_worker"] if hasattr(os, "sched_setaffinity") else ["shared_cores"]
+    bindable = hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2
+    settings = ["shared_cores", "one_core_per_worker"] if bindable else ["shared_cores"]
     for setting in settings:
         runs = figures[setting]
         for run, n_processes in (("in_process", 1), ("1_worker", 1), ("2_workers", 2)):
