@@ -56,8 +56,9 @@ class Key:
 
         #: Its default ``key_added``, the prefix of its ``obsp`` and ``uns`` keys.
         rbf = "rbf"
-        #: ``obsp`` key of the default graph's weights, read by :func:`histodecon.gr.moran_r`.
+        #: ``obsp`` keys of the default graph's weights (read by :func:`histodecon.gr.moran_r`) and distances.
         connectivities = f"{rbf}_connectivities"
+        distances = f"{rbf}_distances"
 
         @staticmethod
         def graph(key_added: str) -> tuple[str, str]:
@@ -76,6 +77,8 @@ class Key:
         deconvolve = "deconvolve"
         synthetic = "synthetic"
         moran_suffix = "_moranR"
+        #: ``uns`` key of the default graph's keys and parameters.
+        rbf_neighbors = "rbf_neighbors"
 
         @staticmethod
         def graph(key_added: str) -> str:

@@ -233,6 +233,14 @@ def test_plain_array_and_spatialdata():
     assert list(table.uns["arr_moranR"]["R"].columns) == [str(i) for i in range(table.obsm["arr"].shape[1])]
 
 
+def test_sparse_obsm_equals_dense():
+    adata = _slide(seed=3)
+    adata.obsm["sparse"] = sparse.csr_matrix(adata.obsm["abund"].to_numpy())
+    hd.gr.moran_r(adata, key="abund")
+    hd.gr.moran_r(adata, key="sparse")
+    np.testing.assert_allclose(_result(adata, "sparse_moranR")["R"].to_numpy(), _result(adata)["R"].to_numpy())
+
+
 @pytest.mark.data
 def test_her2st_serial_sections_colocalise_alike(her2st_dir):
     """Stereoscope proportions: serial sections C2/C3 share their colocalisation, patient B differs."""

@@ -3,6 +3,7 @@ import gzip
 import numpy as np
 import pandas as pd
 import pytest
+import spatialdata as sd
 import tifffile
 from PIL import Image
 
@@ -112,3 +113,21 @@ def test_bad_input(tmp_path):
     tifffile.imwrite(tmp_path / "deep.tif", rgb.astype(np.uint16) * 257, photometric="rgb")
     with pytest.raises(ValueError, match="uint16"):
         hd.io.read_st(counts_path, spots_path, tmp_path / "deep.tif")
+
+
+def test_stored_pyramid_levels_of_a_tiff_are_kept(tmp_path):
+    counts_path, spots_path, _, rgb, _, _ = _write_section(tmp_path)
+    coarse = np.full((240, 310, 3), 200, np.uint8)  # not a downsample of rgb: only a kept level reads like this
+    with tifffile.TiffWriter(tmp_path / "he.tif") as tif:
+        tif.write(rgb, tile=(256, 256), subifds=1, photometric="rgb")
+        tif.write(coarse, tile=(256, 256), subfiletype=1, photometric="rgb")
+    sdata = hd.io.read_st(counts_path, spots_path, tmp_path / "he.tif")
+    sdata.write(tmp_path / "s1.zarr")
+    image = sd.read_zarr(tmp_path / "s1.zarr").images["S1_image"]
+    assert list(image) == ["scale0", "scale1"]
+    np.testing.assert_array_equal(np.moveaxis(image["scale0"]["image"].values, 0, -1), rgb)
+    np.testing.assert_array_equal(np.moveaxis(image["scale1"]["image"].values, 0, -1), coarse)
+    scale = sd.transformations.get_transformation(image["scale1"]["image"], "S1").to_affine_matrix(
+        ("x", "y"), ("x", "y")
+    )
+    np.testing.assert_allclose(np.diag(scale)[:2], [2.0, 2.0])

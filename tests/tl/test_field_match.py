@@ -1,5 +1,6 @@
 """fit records the patch field of its training embeddings; predict warns on slides embedded over another."""
 
+import dataclasses
 import warnings
 
 import anndata as ad
@@ -60,3 +61,44 @@ def test_embeddings_without_a_record_are_not_judged(model_and_slides):
     table = slides[2].tables["table"]
     bare = ad.AnnData(obs=table.obs[["sample"]].copy(), obsm={"X_handcrafted": np.asarray(table.obsm["X_handcrafted"])})
     assert _field_warnings(model, bare) == []
+
+
+def test_encoder_names_with_colons_are_matched_through_their_record(monkeypatch):
+    from histodecon.encoders import _registry
+
+    monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))
+    hd.encoders.register(dataclasses.replace(hd.encoders.get("handcrafted"), name="lab:handcrafted"))
+    slides = [hd.datasets.synthetic(n_spots=40, seed=seed, sample=f"s{seed}") for seed in range(2)]
+    wide = hd.datasets.synthetic(n_spots=40, seed=5, sample="wide")
+    for sdata in slides:
+        hd.tl.embed(sdata, ["lab:handcrafted"])
+    hd.tl.embed(wide, ["lab:handcrafted"], mpp=2.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = hd.tl.fit(slides, features=["lab:handcrafted"], target="abund", max_epochs=2)
+    assert model.provenance["patch_field_um"] == {"lab_handcrafted": [pytest.approx(123.2), pytest.approx(123.2)]}
+    (message,) = _field_warnings(model, wide)
+    assert "hd.tl.embed(sdata, ['lab:handcrafted'], patch_size=112, mpp=1.1, overwrite=True)" in message
+
+
+def test_predict_many_warns_here_for_a_model_object_and_a_saved_one(model_and_slides, tmp_path):
+    model, _ = model_and_slides
+    wide = hd.datasets.synthetic(n_spots=40, seed=5, sample="wide")
+    hd.tl.embed(wide, mpp=2.0)
+    model.save(tmp_path / "model")
+    for given in (model, tmp_path / "model"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            hd.tl.predict_many([wide], given, overwrite=True)
+        assert sum(FIELD_WARNING in str(w.message) for w in caught) == 1
+
+
+def test_only_the_samples_a_table_holds_are_judged(model_and_slides):
+    model, slides = model_and_slides
+    wide = hd.datasets.synthetic(n_spots=40, seed=5, sample="wide")
+    hd.tl.embed(wide, mpp=2.0)
+    both = ad.concat([slides[2].tables["table"], wide.tables["table"]], uns_merge="first", index_unique="-")
+    assert set(both.uns["histodecon"]["embeddings"]["handcrafted"]["patch_mpp"]) == {"s2", "wide"}
+    assert _field_warnings(model, both[both.obs["sample"] == "s2"].copy()) == []
+    (message,) = _field_warnings(model, both[both.obs["sample"] == "wide"].copy())
+    assert "'wide' (224 µm)" in message and "'s2'" not in message

@@ -90,7 +90,7 @@ def _section_files(root: Path, section: str) -> tuple[Path, Path, Path]:
     if len(images) != 1:
         raise FileNotFoundError(
             f"Expected one JPEG in {str(folder)!r}, found {len(images)}. "
-            "Keep the her2st layout ST-imgs/{patient}/{section}/*.jpg."
+            "Keep the her2st layout ST-imgs/{patient}/{section}/<image>.jpg (or .jpeg)."
         )
     return root / "ST-cnts" / f"{section}.tsv.gz", root / "ST-spotfiles" / f"{section}_selection.tsv", images[0]
 

@@ -87,7 +87,7 @@ def hf_hub_entry(repo_id: str) -> Encoder:
     return timm_encoder(
         f"{PREFIX}{repo_id}",
         partial(timm.create_model, architecture, pretrained=False, **(model_args | {"num_classes": 0})),
-        pretrained_cfg,
+        config=pretrained_cfg,
         repo_id=repo_id,
         weights_file=weights_file(config_path),
         description=f"timm model {architecture!r} from https://huggingface.co/{repo_id}, without its classifier.",

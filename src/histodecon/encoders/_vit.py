@@ -95,16 +95,12 @@ def timm_entry(model_name: str) -> Encoder:
     512
     """
     import timm
-    from timm.models import get_pretrained_cfg
 
     if not timm.is_model(model_name):
         raise KeyError(f"'timm:{model_name}' names no timm model. List them with `timm.list_models('*pattern*')`.")
-    config = get_pretrained_cfg(model_name)
     return timm_encoder(
         f"timm:{model_name}",
         partial(timm.create_model, model_name, pretrained=False, num_classes=0),
-        {} if config is None else config.to_dict(),
-        repo_id=None if config is None else config.hf_hub_id,
         weights_file=TIMM_WEIGHTS_FILE,
         description=f"timm model {model_name!r} without its classifier.",
     )
@@ -113,22 +109,26 @@ def timm_entry(model_name: str) -> Encoder:
 def timm_encoder(
     name: str,
     build: Callable[[], nn.Module],
-    config: Mapping[str, Any],
     *,
-    repo_id: str | None,
+    config: Mapping[str, Any] | None = None,
+    repo_id: str | None = None,
     weights_file: str,
     description: str,
 ) -> Encoder:
-    """The entry of a timm model built without its classifier, preprocessed as its ``pretrained_cfg`` says.
+    """The entry of a timm model built without its classifier, preprocessed as its pretrained config says.
 
-    Input size, mean, std and resize mode come from ``config`` (timm's defaults where absent;
-    resize modes other than bilinear fall back to bicubic); the embedding length from a forward
-    pass on the meta device (``num_features`` is not always the output length, e.g.
-    MobileNetV3). Classifier weights in the weights file are dropped.
+    ``config`` is that config; ``None`` takes the built model's ``pretrained_cfg`` (timm resolves
+    deprecated names and default tags on building), and ``repo_id=None`` its ``hf_hub_id``.
+    Input size, mean, std and resize mode come from it (timm's defaults where absent; resize
+    modes other than bilinear fall back to bicubic); the embedding length from a forward pass on
+    the meta device (``num_features`` is not always the output length, e.g. MobileNetV3).
+    Classifier weights in the weights file are dropped.
     """
-    size = config.get("input_size", (3, 224, 224))[-1]
     with torch.device("meta"):
-        dim = build()(torch.empty(1, 3, size, size)).shape[-1]
+        model = build()
+        config = model.pretrained_cfg if config is None else config
+        size = config.get("input_size", (3, 224, 224))[-1]
+        dim = model(torch.empty(1, 3, size, size)).shape[-1]
     classifier = config.get("classifier") or ()
     interpolation = config.get("interpolation", "bicubic")
     return Encoder(
@@ -141,7 +141,7 @@ def timm_encoder(
         std=tuple(config.get("std", IMAGENET_STD)),
         interpolation=interpolation if interpolation in RESIZE_MODES else "bicubic",
         weights=WeightsSource(
-            repo_id,
+            repo_id or config.get("hf_hub_id"),
             weights_file,
             extract=partial(drop_classifier, classifier=(classifier,) if isinstance(classifier, str) else classifier),
         ),

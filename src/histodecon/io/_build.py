@@ -53,7 +53,8 @@ def _stored_pyramid(levels: list[np.ndarray | da.Array], transform: dict[str, Ba
     full = dict(zip("yx", levels[0].shape[1:], strict=True))
     scales = {}
     for i, level in enumerate(levels):
-        level = da.asarray(level).rechunk((3, IMAGE_CHUNK_PX, IMAGE_CHUNK_PX))
+        level = da.asarray(level)
+        level = level.rechunk((level.shape[0], IMAGE_CHUNK_PX, IMAGE_CHUNK_PX))
         # pixel centres in full-resolution pixels, as spatialdata places them
         coords = {ax: (np.arange(n) + 0.5) * full[ax] / n for ax, n in zip("yx", level.shape[1:], strict=True)}
         array = DataArray(level, dims=("c", "y", "x"), coords={"c": ["r", "g", "b"], **coords})

@@ -94,13 +94,13 @@ def read_visium(
         centres, spot_px = centres * scale, spot_px * scale
     else:
         image_path = Path(fullres_image) if Path(fullres_image).is_absolute() else path / fullres_image
-    (image, *_) = read_image(image_path)
-    check_spots_inside(centres, adata.obs_names, image.shape[2], image.shape[1], image_path.name)
+    levels = read_image(image_path)
+    check_spots_inside(centres, adata.obs_names, levels[0].shape[2], levels[0].shape[1], image_path.name)
     mpp = spot_diameter_um / spot_px
     check_spot_spacing(centres, mpp, f"sample {sample!r}")
 
     sdata = build_sdata(
-        image,
+        levels,
         centres,
         sample=sample,
         mpp=mpp,

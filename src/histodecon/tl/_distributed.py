@@ -33,8 +33,9 @@ from histodecon._utils import (
 from ._embed_request import checked_tables, image_slides, weights_per_model
 from ._embed_store import spots_fingerprint
 from ._embed_writer import write_embedding
+from ._field_match import PATCH_FIELD_UM, warn_on_other_fields
 from ._hub import locate_model
-from ._model_file import model_paths
+from ._model_file import model_paths, read_provenance
 from ._patch_field import ENCODER_FIELD, EncoderField, with_patch_field
 from ._regressor import AbundanceRegressor
 from ._worker import embed_task, predict_task
@@ -207,14 +208,14 @@ def predict_many(
     slides = as_slide_list(slides)
     if isinstance(model, AbundanceRegressor):
         model.check_fitted()
-        features = model.feature_keys
+        features, trained = model.feature_keys, model.provenance.get(PATCH_FIELD_UM, {})
     elif isinstance(model, str | os.PathLike):
         model = locate_model(model)  # a Hub repository id: downloaded (or found in the cache) here, once
         _, sidecar = model_paths(model)
         if not sidecar.exists():
             raise FileNotFoundError(f"{sidecar} not found; pass a fitted model or the path given to `model.save`.")
         model = os.path.abspath(model)
-        features = None
+        features, trained = None, read_provenance(model).get(PATCH_FIELD_UM, {})
     else:
         raise TypeError(
             f"`model` must be an AbundanceRegressor or the path of a saved one, got {type(model).__name__}."
@@ -222,6 +223,8 @@ def predict_many(
     tables = [get_table(slide, table_key) for slide in slides]
     for table in tables:
         check_overwrite(table.obsm, key_added, "adata.obsm", overwrite)
+    for table in tables:  # here: warnings on the workers would not reach the user
+        warn_on_other_fields(table, trained)
     if client is not None and isinstance(model, AbundanceRegressor):
         model = client.scatter(model, broadcast=True, hash=False)
 

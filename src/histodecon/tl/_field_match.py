@@ -4,13 +4,13 @@ An embedding describes ``patch_size`` pixels at the µm/px recorded per sample b
 :func:`histodecon.tl.embed`: a side in micrometres. A model trained on one field and applied to
 embeddings of another (224 µm legacy-ST patches, then 123 µm Visium ones with a spot-relative
 default) sees tissue at another scale and predicts worse without saying so. ``fit`` records the
-training fields; ``predict`` warns when a slide's fields fall outside them.
+training fields; ``predict`` and ``predict_many`` warn when a slide's fields fall outside them.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from anndata import AnnData
 
@@ -22,18 +22,22 @@ FIELD_TOLERANCE = 0.1
 PATCH_FIELD_UM = "patch_field_um"
 
 
-def embedded_fields_um(table: AnnData, names: Sequence[str]) -> dict[str, dict[str, float]]:
-    """Side in µm of the patches behind each encoder's embeddings, per sample, from their provenance.
+def embedded_fields_um(table: AnnData, names: Iterable[str]) -> dict[str, dict[str, float]]:
+    """Side in µm of the patches behind each encoder's embeddings, per sample of ``table``, from their provenance.
 
-    Encoders whose embeddings carry no record (embeddings made elsewhere) are left out.
+    Keyed by the embeddings' record name (``Key.obsm.embedding(name)`` without its prefix).
+    Encoders whose embeddings carry no record (embeddings made elsewhere) are left out, and so
+    are samples a record names that the table no longer holds (a subset).
     """
     records = table.uns.get(Key.uns.root, {}).get(Key.uns.embeddings, {})
+    present = set(table.obs[Key.obs.sample].astype(str)) if Key.obs.sample in table.obs else None
     fields = {}
-    for name in names:
-        record = records.get(name, {})
+    for key in map(_record_key, names):
+        record = records.get(key, {})
         size, sample_mpp = record.get("patch_size"), record.get("patch_mpp")
         if size and sample_mpp:
-            fields[name] = {str(sample): float(size * mpp) for sample, mpp in sample_mpp.items()}
+            sides = {str(sample): float(size * mpp) for sample, mpp in sample_mpp.items()}
+            fields[key] = {sample: side for sample, side in sides.items() if present is None or sample in present}
     return fields
 
 
@@ -41,31 +45,35 @@ def training_fields_um(tables: Sequence[AnnData], names: Sequence[str]) -> dict[
     """Smallest and largest patch side in µm per encoder over the training tables (recorded encoders only)."""
     sides: dict[str, list[float]] = {}
     for table in tables:
-        for name, per_sample in embedded_fields_um(table, names).items():
-            sides.setdefault(name, []).extend(per_sample.values())
-    return {name: [round(min(values), 3), round(max(values), 3)] for name, values in sides.items()}
+        for key, per_sample in embedded_fields_um(table, names).items():
+            sides.setdefault(key, []).extend(per_sample.values())
+    return {key: [round(min(values), 3), round(max(values), 3)] for key, values in sides.items() if values}
 
 
-def warn_on_other_fields(table: AnnData, names: Sequence[str], trained: dict[str, list[float]]) -> None:
+def warn_on_other_fields(table: AnnData, trained: dict[str, list[float]], *, stacklevel: int = 3) -> None:
     """Warn, naming the fix, where a sample's patches differ from every training field by more than 10%."""
-    for name, per_sample in embedded_fields_um(table, [name for name in names if name in trained]).items():
-        low, high = trained[name]
+    for key, per_sample in embedded_fields_um(table, trained).items():
+        low, high = trained[key]
         other = {
             sample: side
             for sample, side in per_sample.items()
-            if not low / (1 + FIELD_TOLERANCE) <= side <= high * (1 + FIELD_TOLERANCE)
+            if not low * (1 - FIELD_TOLERANCE) <= side <= high * (1 + FIELD_TOLERANCE)
         }
         if other:
-            size = table.uns[Key.uns.root][Key.uns.embeddings][name]["patch_size"]
-            target = (low + high) / 2
+            record = table.uns[Key.uns.root][Key.uns.embeddings][key]
+            name, size = record.get("name", key), record["patch_size"]
             warnings.warn(
-                f"The {name!r} embeddings of sample{'s' if len(other) > 1 else ''} {_sides(other)} were taken from patches of another size than "
-                f"the model was trained on ({_range(low, high)} µm), so it sees the tissue at another scale. "
-                f"Embed again over the training field: `hd.tl.embed(sdata, [{name!r}], patch_size={size}, "
-                f"mpp={target / size:.4g}, overwrite=True)`.",
+                f"The {name!r} embeddings of sample{'s' if len(other) > 1 else ''} {_sides(other)} were taken from "
+                f"patches of another size than the model was trained on ({_range(low, high)} µm), so it sees the "
+                f"tissue at another scale. Embed again over the training field: `hd.tl.embed(sdata, [{name!r}], "
+                f"patch_size={size}, mpp={(low + high) / 2 / size:.4g}, overwrite=True)`.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=stacklevel,
             )
+
+
+def _record_key(name: str) -> str:
+    return Key.obsm.embedding(name).removeprefix(Key.obsm.embedding_prefix)
 
 
 def _sides(per_sample: dict[str, float]) -> str:

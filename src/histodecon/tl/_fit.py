@@ -199,7 +199,7 @@ def predict(
     if table.n_obs == 0:
         raise ValueError("The table has no spots to predict; read a slide with spots (`hd.io`) first.")
     check_overwrite(table.obsm, key_added, "adata.obsm", overwrite)
-    warn_on_other_fields(table, model.feature_keys, model.provenance.get(PATCH_FIELD_UM, {}))
+    warn_on_other_fields(table, model.provenance.get(PATCH_FIELD_UM, {}))
     x = spot_inputs(
         table, feature_matrix(table, model.feature_keys, model.feature_dims), in_tissue(table), model.inputs
     )

@@ -115,6 +115,11 @@ def read_model_file(path: str | Path) -> tuple[dict, AbundanceNetwork]:
     return sidecar, network
 
 
+def read_provenance(path: str | Path) -> dict:
+    """The provenance of a saved model (its record checked), without loading its network."""
+    return _read_sidecar(model_paths(path)[1])["provenance"]
+
+
 def _read_sidecar(json_path: Path) -> dict:
     """The JSON record of a saved model, checked for size, schema and checksum."""
     size = json_path.stat().st_size
