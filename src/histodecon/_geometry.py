@@ -120,6 +120,23 @@ def affine_between(source, target) -> np.ndarray | None:
     return from_shared @ to_shared
 
 
+def image_pixels(sdata: SpatialData, geometry: SampleGeometry, centres: np.ndarray) -> np.ndarray:
+    """Spot centres of ``obsm['spatial']`` in the pixels of the sample's image array.
+
+    ``obsm['spatial']`` holds the sample's pixel coordinate system (``Key.cs.pixels(sample)``),
+    which is the image array's own pixels until the image moves in it: a crop by
+    :func:`spatialdata.bounding_box_query` adds a translation, which this undoes.
+    """
+    systems = get_transformation(sdata.images[geometry.image_key], get_all=True)
+    transformation = systems.get(Key.cs.pixels(geometry.sample))
+    if transformation is None:
+        return centres
+    to_array = np.linalg.inv(transformation.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")))
+    if np.allclose(to_array, np.eye(3)):
+        return centres
+    return centres @ to_array[:2, :2].T + to_array[:2, 2]
+
+
 def images_sharing(sdata: SpatialData, element, system: str | None = None) -> list[str]:
     """Images registered in a coordinate system of ``element`` (only ``system``, when given)."""
     systems = set(get_transformation(element, get_all=True)) if system is None else {system}

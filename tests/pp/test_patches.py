@@ -190,3 +190,28 @@ def test_bad_input(slide, slide_from_image):
     wide = slide_from_image(image.astype(np.uint16), centres, sample="S", mpp=0.5, spot_diameter_px=60)
     with pytest.raises(ValueError, match="uint8"):
         hd.pp.spot_patches(wide)
+
+
+def test_a_slide_cropped_by_bounding_box_query_reads_the_same_patches(make_slide):
+    """The crop moves the image by a translation; spots keep their coordinates and their patches."""
+    sdata = make_slide(seed=0, n_spots=120, sample="s0")
+    crop = spatialdata.bounding_box_query(
+        sdata,
+        axes=("x", "y"),
+        min_coordinate=[600, 500],
+        max_coordinate=[4000, 4000],
+        target_coordinate_system="s0",
+        filter_table=True,
+    )
+    table = crop.tables["table"]
+    xy = table.obsm["spatial"]
+    inside = table.obs_names[((xy - [600, 500]).min(axis=1) > 200) & ((xy - 4000).max(axis=1) < -200)]
+    assert len(inside) > 10
+    crop.tables["table"] = table[table.obs_names.isin(inside)].copy()
+    original = hd.pp.spot_patches(sdata, size=64, mpp=None)
+    cropped = hd.pp.spot_patches(crop, size=64, mpp=None)
+    rows = original.obs_names.get_indexer(cropped.obs_names)
+    np.testing.assert_array_equal(cropped[np.arange(len(rows))], original[rows])
+
+    adata = hd.get.abundances(crop, "abund")  # scanpy's convention: centres in pixels of the image it carries
+    np.testing.assert_allclose(adata.obsm["spatial"], crop.tables["table"].obsm["spatial"] - [600, 500])

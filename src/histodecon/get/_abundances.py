@@ -11,7 +11,7 @@ from spatialdata import SpatialData
 from spatialdata.models import TableModel
 
 from histodecon._constants import Key
-from histodecon._geometry import sample_geometry
+from histodecon._geometry import image_pixels, sample_geometry
 from histodecon._settings import logger
 from histodecon._utils import cell_type_frame, check_overwrite, get_table, samples_of
 from histodecon.pl._utils import image_crop
@@ -57,6 +57,18 @@ def _spatial_record(data: SpatialData | AnnData, adata: AnnData, table_key: str)
         return {sample: _library(data, sample, table_key) for sample in samples_of(adata)}
     existing = adata.uns.get(Key.uns.spatial)
     return copy.deepcopy(dict(existing)) if isinstance(existing, Mapping) else None
+
+
+def _centres(data: SpatialData | AnnData, adata: AnnData, table_key: str) -> np.ndarray:
+    """``obsm['spatial']`` in the pixels of each sample's image, as scanpy reads it with ``uns['spatial']``."""
+    centres = np.asarray(adata.obsm[Key.obsm.spatial], dtype=np.float64).copy()
+    if isinstance(data, SpatialData):
+        samples = adata.obs[Key.obs.sample].astype(str).to_numpy()
+        for sample in samples_of(adata):
+            rows = samples == str(sample)
+            geometry = sample_geometry(data, sample, table_key=table_key)
+            centres[rows, :2] = image_pixels(data, geometry, centres[rows, :2])
+    return centres
 
 
 def _add_table(sdata: SpatialData, source: AnnData, result: AnnData, table_key_added: str, overwrite: bool) -> None:
@@ -161,9 +173,7 @@ def abundances(
     result = AnnData(
         X=frame.to_numpy(dtype=np.float32),
         obs=source.obs.copy(),
-        obsm={Key.obsm.spatial: np.asarray(source.obsm[Key.obsm.spatial]).copy()}
-        if Key.obsm.spatial in source.obsm
-        else None,
+        obsm={Key.obsm.spatial: _centres(data, source, table_key)} if Key.obsm.spatial in source.obsm else None,
         obsp={name: graph.copy() for name, graph in source.obsp.items()},
         uns=_spot_results(source),
     )

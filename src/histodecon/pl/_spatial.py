@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from spatialdata import SpatialData
 
 from histodecon._constants import Key
-from histodecon._geometry import sample_geometry
+from histodecon._geometry import image_pixels, sample_geometry
 from histodecon._utils import get_table, samples_of
 
 from ._utils import doc_show_save, finish, image_crop, panel_axes
@@ -128,7 +128,7 @@ def spatial_abundance(
     frames = _abundances(adata, keys, cell_types, mask)
     geometry = sample_geometry(sdata, sample, table_key=table_key)
 
-    centres = np.asarray(adata.obsm[Key.obsm.spatial], dtype=np.float64)[mask, :2]
+    centres = image_pixels(sdata, geometry, np.asarray(adata.obsm[Key.obsm.spatial], dtype=np.float64)[mask, :2])
     diameter = geometry.spot_diameter_px
     box = np.concatenate([centres.min(axis=0) - diameter, centres.max(axis=0) + diameter])
     pixels, extent = image_crop(sdata.images[geometry.image_key], box, max_image_px)

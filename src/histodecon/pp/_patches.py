@@ -15,7 +15,7 @@ from spatialdata import SpatialData
 from xarray import DataArray, DataTree
 
 from histodecon._constants import Key
-from histodecon._geometry import SampleGeometry, sample_geometries
+from histodecon._geometry import SampleGeometry, image_pixels, sample_geometries
 from histodecon._utils import check_centres, check_spot_spacing, check_spots_inside, get_table
 
 #: Decoded image chunks kept between reads; bounds memory whatever the slide size.
@@ -175,7 +175,8 @@ class SpotPatches:
             spots = np.flatnonzero(spot_samples == sample)
             check_spot_spacing(centres[spots], geometry.mpp, f"sample {sample!r}")
             sample_mpp = mpp[sample] if isinstance(mpp, Mapping) else mpp
-            self._add_sample(sdata.images[geometry.image_key], geometry, spots, centres[spots], sample_mpp)
+            in_image = image_pixels(sdata, geometry, centres[spots])
+            self._add_sample(sdata.images[geometry.image_key], geometry, spots, in_image, sample_mpp)
             self.sample_mpp[sample] = float(geometry.mpp if sample_mpp is None else sample_mpp)
 
     def _add_sample(
