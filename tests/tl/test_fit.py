@@ -295,3 +295,36 @@ def test_slide_scaling_and_neighbourhood_are_recorded_and_repeated_after_loading
     del test.obsm["spatial"]
     with pytest.raises(KeyError, match=r"needs spot centres in `obsm\['spatial'\]`"):
         hd.tl.predict(test, loaded, key_added="again")
+
+
+@pytest.mark.parametrize("flags", [["True", "False"], [True, None], [0.5, 1.0]])
+def test_in_tissue_flags_that_are_not_booleans_are_refused(model, flags):
+    slide = make_slide("t", n=40)
+    slide.obs["in_tissue"] = pd.Series(flags * 20, index=slide.obs_names, dtype=object if None in flags else None)
+    before = slide.obs.copy()
+    with pytest.raises(ValueError, match=r"`obs\['in_tissue'\]` of slide t must hold True / False"):
+        hd.tl.predict(slide, model)
+    with pytest.raises(ValueError, match="must hold True / False"):
+        hd.tl.fit([slide, make_slide("u")], features=["a", "b"], max_epochs=1)
+    pd.testing.assert_frame_equal(slide.obs, before)
+
+
+@pytest.mark.parametrize("flags", [np.arange(40) % 2, (np.arange(40) % 2).astype(bool)])
+def test_in_tissue_flags_as_integers_or_categories_are_read(model, flags):
+    plain, coded = make_slide("t", n=40), make_slide("t", n=40)
+    plain.obs["in_tissue"] = flags.astype(bool)
+    coded.obs["in_tissue"] = pd.Categorical(flags)
+    hd.tl.predict(plain, model)
+    hd.tl.predict(coded, model)
+    pd.testing.assert_frame_equal(plain.obsm["pred_abund"], coded.obsm["pred_abund"])
+
+
+def test_slide_scaling_falls_back_to_all_spots_without_in_tissue_ones_and_warns_on_few(model):
+    slide, flagged_off = make_slide("t", n=60), make_slide("t", n=60)
+    flagged_off.obs["in_tissue"] = False
+    hd.tl.predict(slide, model)
+    with pytest.warns(UserWarning, match="No spot of sample 't' is in tissue"):
+        hd.tl.predict(flagged_off, model)
+    pd.testing.assert_frame_equal(flagged_off.obsm["pred_abund"], slide.obsm["pred_abund"])
+    with pytest.warns(UserWarning, match="has only 5 in-tissue spots"):
+        hd.tl.predict(slide[:5].copy(), model, key_added="few")

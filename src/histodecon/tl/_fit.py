@@ -81,7 +81,9 @@ def fit(
     feature_scaling
         ``"slide"``: standardise every feature over the in-tissue spots of its own sample
         first, which removes much of the staining difference between slides; ``"training"``:
-        only by the training spots. :func:`predict` repeats the model's choice.
+        only by the training spots. :func:`predict` repeats the model's choice, so with
+        ``"slide"`` a spot's prediction depends on the other spots of its sample in the table:
+        predict whole slides (a warning fires below 20 in-tissue spots).
     context_radius
         Radius in micrometres of the neighbourhood feature: the mean input of the spots within
         it (same sample, in tissue) is concatenated to every spot's input; needs
@@ -150,7 +152,10 @@ def predict(
 
     The slide must hold the embeddings the model was trained on (``obsm["X_<name>"]`` for
     every name in ``model.feature_keys``, with the same widths). Every spot is predicted,
-    in tissue or not; spots whose embeddings contain NaN get NaN predictions (logged). A
+    in tissue or not; spots whose embeddings contain NaN get NaN predictions (logged). With the
+    default per-slide feature scaling every spot is read relative to its sample's in-tissue spots
+    in this table (all its spots when none is flagged, with a warning), so predict whole slides,
+    not subsets of a few spots (warned below 20). A
     warning names the fix when the slide's patches cover another field (side in µm) than the
     training slides' did, e.g. 123 µm Visium patches for a model trained on 224 µm legacy-ST
     ones.

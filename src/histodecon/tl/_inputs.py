@@ -11,6 +11,7 @@ sections that is not evidence enough for a default, so it is an option.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -22,6 +23,8 @@ from histodecon._constants import Key
 from histodecon._utils import sample_info
 
 FEATURE_SCALINGS = ("slide", "training")
+#: Fewer in-tissue spots than this in a sample make its per-slide statistics unreliable (warned).
+MIN_SLIDE_SPOTS = 20
 #: What a model file of version 1 or 2 (before these options) used: no per-slide scaling, no context.
 LEGACY = {"feature_scaling": "training", "context_radius": None}
 
@@ -83,13 +86,41 @@ def spot_inputs(adata: AnnData, features: np.ndarray, keep: np.ndarray, options:
         rows = np.ones(len(features), dtype=bool) if sample is None else samples == sample
         block = features[rows]
         usable = keep[rows] & np.isfinite(block).all(axis=1)
-        if options.feature_scaling == "slide" and usable.any():
-            sd = block[usable].std(axis=0)
-            block = (block - block[usable].mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+        if options.feature_scaling == "slide":
+            block = _standardised(block, usable, sample)
         if options.context_radius is not None:
             block = np.hstack([block, _neighbourhood_mean(adata, rows, sample, block, usable, options.context_radius)])
         out[rows] = block
     return out
+
+
+def _standardised(block: np.ndarray, usable: np.ndarray, sample: str | None) -> np.ndarray:
+    """``block`` standardised over its ``usable`` spots; over all its finite spots when none is in tissue.
+
+    Every spot's input is relative to its slide, so a table of a few spots (a subset of a slide)
+    gets other inputs than the whole slide would give them: a warning says so.
+    """
+    name = "the table" if sample is None else f"sample {sample!r}"
+    if not usable.any():
+        usable = np.isfinite(block).all(axis=1)
+        if not usable.any():
+            return block
+        warnings.warn(
+            f"No spot of {name} is in tissue (`obs[{Key.obs.in_tissue!r}]`); its features are standardised over "
+            "all its spots instead. Check the in-tissue flags (e.g. `hd.pp.filter_background`'s threshold).",
+            UserWarning,
+            stacklevel=4,
+        )
+    if usable.sum() < MIN_SLIDE_SPOTS:
+        warnings.warn(
+            f"Features are standardised per slide and {name} has only {int(usable.sum())} in-tissue spots, so their "
+            "inputs depend on which spots the table holds. Use whole slides, or train with "
+            "`feature_scaling='training'`.",
+            UserWarning,
+            stacklevel=4,
+        )
+    sd = block[usable].std(axis=0)
+    return (block - block[usable].mean(axis=0)) / np.where(sd > 0, sd, 1.0)
 
 
 def _neighbourhood_mean(

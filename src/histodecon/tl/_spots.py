@@ -146,9 +146,27 @@ def target_frame(adata: AnnData, target: str) -> pd.DataFrame:
 
 
 def in_tissue(adata: AnnData) -> np.ndarray:
+    """``obs[Key.obs.in_tissue]`` as flags (all True without it): booleans, or 0 / 1, refused otherwise.
+
+    Text such as ``"False"`` would otherwise count as True, and so would missing values.
+    """
     if Key.obs.in_tissue not in adata.obs:
         return np.ones(adata.n_obs, dtype=bool)
-    return adata.obs[Key.obs.in_tissue].to_numpy(dtype=bool)
+    column = adata.obs[Key.obs.in_tissue]
+    if isinstance(column.dtype, pd.CategoricalDtype) and not column.isna().any():
+        column = column.astype(column.cat.categories.dtype)
+    if pd.api.types.is_bool_dtype(column.dtype) and not column.isna().any():
+        return column.to_numpy(dtype=bool)
+    if pd.api.types.is_numeric_dtype(column.dtype) and column.isin([0, 1]).all():
+        return column.to_numpy() != 0
+    if column.dtype == object and column.map(type).isin([bool, np.bool_]).all():
+        return column.to_numpy(dtype=bool)
+    examples = pd.unique(column.astype(object))[:4].tolist()
+    raise ValueError(
+        f"`obs[{Key.obs.in_tissue!r}]` of slide {slide_name(adata)} must hold True / False (or 1 / 0), got "
+        f"{column.dtype} values such as {examples}. Convert it first, e.g. "
+        f"`adata.obs[{Key.obs.in_tissue!r}] = adata.obs[{Key.obs.in_tissue!r}].map({{'True': True, 'False': False}})`."
+    )
 
 
 def _finite(values: np.ndarray, what: str, adata: AnnData) -> np.ndarray:
