@@ -1,3 +1,4 @@
+import anndata as ad
 import numpy as np
 import pytest
 import scanpy as sc
@@ -52,3 +53,18 @@ def test_bad_input(visium_adata):
     lowres_only.uns["spatial"]["lib1"]["images"] = {"lowres": lowres_only.uns["spatial"]["lib1"]["images"]["lowres"]}
     with pytest.raises(KeyError, match="hires"):
         hd.io.from_anndata(lowres_only)
+
+
+def test_several_libraries_keep_only_the_chosen_librarys_spots(visium_adata):
+    first, second = visium_adata.copy(), visium_adata.copy()
+    second.uns["spatial"] = {"lib2": second.uns["spatial"]["lib1"]}
+    both = ad.concat({"lib1": first, "lib2": second}, label="library_id", uns_merge="unique", index_unique="-")
+    assert set(both.uns["spatial"]) == {"lib1", "lib2"}
+    with pytest.raises(ValueError, match="Pass `library_key=`"):
+        hd.io.from_anndata(both, "lib1")
+    table = hd.io.from_anndata(both, "lib2", library_key="library_id").tables["table"]
+    assert list(table.obs_names) == [f"{name}-lib2" for name in visium_adata.obs_names]
+    with pytest.raises(ValueError, match="No spot has `obs\\['cluster'\\] == 'lib1'`"):
+        hd.io.from_anndata(both, "lib1", library_key="cluster")
+    with pytest.raises(KeyError, match="No `obs\\['batch'\\]` column"):
+        hd.io.from_anndata(both, "lib1", library_key="batch")

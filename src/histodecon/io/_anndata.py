@@ -28,10 +28,30 @@ def _hires_uint8(image: np.ndarray, library_id: str) -> np.ndarray:
     return as_rgb(image, f"{library_id} hires", "YXS" if image.ndim == 3 else "YX")
 
 
+def _library_spots(adata: AnnData, library_id: str, library_key: str | None, libraries: list[str]) -> AnnData:
+    """The spots of ``library_id``: those whose ``obs[library_key]`` names it, or all with one library."""
+    if library_key is None:
+        if len(libraries) > 1:
+            raise ValueError(
+                f"`uns['spatial']` holds libraries {libraries}, so the spots may come from several sections. Pass "
+                "`library_key=` naming the obs column that says each spot's library (e.g. 'library_id'), so that "
+                f"only the spots of {library_id!r} are placed on its image."
+            )
+        return adata
+    if library_key not in adata.obs:
+        raise KeyError(f"No `obs[{library_key!r}]` column; the obs columns are {list(adata.obs.columns)}.")
+    mine = (adata.obs[library_key].astype(str) == str(library_id)).to_numpy()
+    if not mine.any():
+        found = sorted(map(str, adata.obs[library_key].unique()))[:5]
+        raise ValueError(f"No spot has `obs[{library_key!r}] == {library_id!r}`; it holds {found}.")
+    return adata if mine.all() else adata[mine].copy()
+
+
 def from_anndata(
     adata: AnnData,
     library_id: str | None = None,
     *,
+    library_key: str | None = None,
     sample: str | None = None,
     spot_diameter_um: float = VISIUM_SPOT_UM,
 ) -> SpatialData:
@@ -51,6 +71,10 @@ def from_anndata(
         ``images['hires']`` and ``scalefactors``.
     library_id
         Which library of ``uns['spatial']``; may be omitted when there is one.
+    library_key
+        ``obs`` column naming each spot's library (squidpy's ``library_key``): only the spots of
+        ``library_id`` are kept. Required when ``uns['spatial']`` holds several libraries, so
+        that no other section's spots are placed on this library's image.
     sample
         Sample name; default ``library_id``.
     spot_diameter_um
@@ -82,6 +106,7 @@ def from_anndata(
         (library_id,) = libraries
     if library_id not in libraries:
         raise KeyError(f"No library {library_id!r} in `uns['spatial']`; it holds {list(libraries)}.")
+    adata = _library_spots(adata, library_id, library_key, list(libraries))
     library = libraries[library_id]
     if "hires" not in library.get("images", {}) or "scalefactors" not in library:
         raise KeyError(
