@@ -219,7 +219,8 @@ def check_spots_inside(centres_xy: np.ndarray, ids, width: int, height: int, ima
     if outside.any():
         raise ValueError(
             f"{outside.sum()} spot centres (e.g. {list(np.asarray(ids)[outside][:3])}) lie outside the {width} x "
-            f"{height} px image {image_name!r}. Pass the image that the spot pixel coordinates refer to."
+            f"{height} px image {image_name!r}. Pass the image that the spot pixel coordinates refer to, or drop "
+            "the spots off the image (a crop keeps spots that only overlap it)."
         )
 
 
