@@ -264,3 +264,32 @@ def test_from_spatialdata_infers_visium_mpp_and_writes_in_place(slide_from_image
     assert geometry.image_key == "he" and geometry.mpp == pytest.approx(0.5)
     np.testing.assert_allclose(foreign.tables["table"].obsm["spatial"], source.tables["table"].obsm["spatial"])
     np.testing.assert_array_equal(hd.pp.spot_patches(foreign, size=32)[:], hd.pp.spot_patches(source, size=32)[:])
+
+
+def test_samples_sharing_a_coordinate_system_are_adopted_one_at_a_time(make_slide):
+    sources = {"a": make_slide(seed=0, n_spots=40), "b": make_slide(seed=1, n_spots=40)}
+    images, shapes, tables = {}, {}, []
+    for name, source in sources.items():
+        sample = source.tables["table"].obs["sample"].iloc[0]
+        images[f"{name}_he"] = Image2DModel.parse(source.images[f"{sample}_image"].data, dims=("c", "y", "x"))
+        circles = source.shapes[f"{sample}_spots"]
+        shapes[f"{name}_spots"] = ShapesModel.parse(
+            np.c_[circles.geometry.x, circles.geometry.y], geometry=0, radius=circles.radius.to_numpy(),
+            index=circles.index,
+        )  # fmt: skip
+        table = source.tables["table"].copy()
+        table.obs = pd.DataFrame({"region": f"{name}_spots", "spot_id": table.obs_names}, index=table.obs_names)
+        tables.append(AnnData(X=table.X, obs=table.obs))
+    joined = ad.concat(tables)
+    joined.obs["region"] = pd.Categorical(joined.obs["region"])
+    table = TableModel.parse(joined, region=["a_spots", "b_spots"], region_key="region", instance_key="spot_id")
+    foreign = SpatialData(images=images, shapes=shapes, tables={"table": table})  # all in "global"
+    mpp = sample_geometries(sources["a"], table_key="table")["s0"].mpp
+
+    hd.io.from_spatialdata(foreign, shapes_key="a_spots", image_key="a_he", mpp=mpp)
+    for half_done in (lambda: hd.pp.spot_patches(foreign), lambda: hd.gr.rbf_graph(foreign)):
+        with pytest.raises(ValueError, match=r"40 spots .* have no `obs\['sample'\]`.*shapes_key="):
+            half_done()
+    hd.io.from_spatialdata(foreign, shapes_key="b_spots", image_key="b_he", mpp=mpp)  # the first call's blanks
+    expected = np.concatenate([hd.pp.spot_patches(source)[:] for source in sources.values()])
+    np.testing.assert_array_equal(hd.pp.spot_patches(foreign)[:], expected)

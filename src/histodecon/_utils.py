@@ -76,6 +76,23 @@ def provenance(adata: AnnData) -> dict:
     return adata.uns.setdefault(Key.uns.root, {})
 
 
+def check_samples_named(adata: AnnData, what: str) -> None:
+    """Refuse spots whose ``obs[Key.obs.sample]`` is missing: nothing says which image and scale they have.
+
+    ``hd.io.from_spatialdata(sdata, shapes_key=...)`` leaves the spots of the shapes it did not
+    adopt that way.
+    """
+    if Key.obs.sample not in adata.obs:
+        return
+    missing = adata.obs[Key.obs.sample].isna().to_numpy()
+    if missing.any():
+        raise ValueError(
+            f"{int(missing.sum())} spots (e.g. {adata.obs_names[missing][:3].tolist()}) have no "
+            f"`obs[{Key.obs.sample!r}]`, so {what} cannot tell their image and scale. Adopt their shapes too "
+            "(`hd.io.from_spatialdata(sdata, shapes_key=...)`), or drop them from the table."
+        )
+
+
 def samples_of(adata: AnnData) -> list[str]:
     """The samples of a table, in the order of ``obs[Key.obs.sample]`` categories."""
     if Key.obs.sample not in adata.obs:

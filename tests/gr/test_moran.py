@@ -1,3 +1,5 @@
+import warnings
+
 import anndata as ad
 import esda
 import libpysal
@@ -239,6 +241,17 @@ def test_sparse_obsm_equals_dense():
     hd.gr.moran_r(adata, key="abund")
     hd.gr.moran_r(adata, key="sparse")
     np.testing.assert_allclose(_result(adata, "sparse_moranR")["R"].to_numpy(), _result(adata)["R"].to_numpy())
+
+
+def test_unused_sample_categories_are_skipped():
+    adata = _slide(seed=4)
+    reference = hd.gr.moran_r(adata, key="abund", copy=True).uns["abund_moranR"]["R"]
+    adata.obs["sample"] = adata.obs["sample"].cat.add_categories(["gone"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        hd.gr.rbf_graph(adata, length_scale_um=120, overwrite=True)
+    hd.gr.moran_r(adata, key="abund")
+    pd.testing.assert_frame_equal(_result(adata)["R"], reference)
 
 
 @pytest.mark.data

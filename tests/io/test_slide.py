@@ -171,3 +171,11 @@ def test_transparent_pixels_get_no_spots(slide_tiff, tmp_path):
     assert list(from_array.obs_names) == list(reference.obs_names) == list(from_png.obs_names)
     x, y = from_array.obsm["spatial"].T
     assert ((x >= 300 - 1) & (x <= 1100 + 1) & (y >= 200 - 1) & (y <= 700 + 1)).all()
+
+
+def test_a_file_name_that_cannot_name_elements_gives_a_usable_sample(tmp_path):
+    Image.fromarray(_tissue_image()).save(tmp_path / "my slide (1).png")
+    sdata = hd.io.read_slide(tmp_path / "my slide (1).png", mpp=2.0)
+    assert sdata.tables["table"].obs["sample"].unique().tolist() == ["my_slide__1_"]
+    with pytest.raises(ValueError, match=r"The sample name 'my slide' cannot name SpatialData elements"):
+        hd.io.read_slide(tmp_path / "my slide (1).png", mpp=2.0, sample="my slide")

@@ -278,6 +278,8 @@ def test_save_writes_a_model_card_beside_the_files(model, tmp_path):
     model.save(folder)
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", "model.json", "model.safetensors"]
     np.testing.assert_array_equal(hd.tl.AbundanceRegressor.load(folder).predict(x_new()), model.predict(x_new()))
+    model.save(f"{tmp_path / 'new' / 'folder'}/")  # a trailing slash names a folder, created
+    assert sorted(p.name for p in (tmp_path / "new" / "folder").iterdir()) == sorted(p.name for p in folder.iterdir())
 
 
 def test_an_existing_card_is_not_overwritten(model, tmp_path):

@@ -16,6 +16,7 @@ from histodecon._utils import (
     check_centres,
     check_overwrite,
     check_positive,
+    check_samples_named,
     check_spot_spacing,
     copy_data,
     get_table,
@@ -36,12 +37,14 @@ def truncation_radius(length_scale: float, cutoff: float) -> float:
 
 
 def sample_blocks(adata: AnnData) -> list[tuple[str | None, np.ndarray]]:
-    """``(sample, positions)`` of each sample's spots; one unnamed block without ``obs[Key.obs.sample]``."""
+    """``(sample, positions)`` of each sample with spots; one unnamed block without ``obs[Key.obs.sample]``."""
     if Key.obs.sample not in adata.obs:
         return [(None, np.arange(adata.n_obs))]
+    check_samples_named(adata, "the spatial graph")
     samples = adata.obs[Key.obs.sample].astype("category")
     codes = samples.cat.codes.to_numpy()
-    return [(str(name), np.flatnonzero(codes == i)) for i, name in enumerate(samples.cat.categories)]
+    blocks = [(str(name), np.flatnonzero(codes == i)) for i, name in enumerate(samples.cat.categories)]
+    return [(name, rows) for name, rows in blocks if len(rows)]  # unused categories hold no spots
 
 
 def _mpp(data: SpatialData | AnnData, table_key: str, sample: str | None) -> float:
@@ -240,8 +243,8 @@ def rbf_graph(
         )
     if adata.n_obs == 0:
         raise ValueError("The table has no spots; a spatial graph needs at least one.")
+    blocks = sample_blocks(adata)  # spots without a sample are refused first: they have no position either
     coords = check_centres(adata.obsm[Key.obsm.spatial], adata.obs_names, f"`obsm[{Key.obsm.spatial!r}]`")
-    blocks = sample_blocks(adata)
     trees = {sample: cKDTree(coords[positions]) for sample, positions in blocks}
     mpps = {sample: None if length_scale_px is not None else _mpp(data, table_key, sample) for sample, _ in blocks}
     scales = {sample: float(length_scale_px) if mpp is None else length_scale_um / mpp for sample, mpp in mpps.items()}

@@ -108,6 +108,11 @@ def build_sdata(
         Extra per-spot columns, indexed like ``spot_ids``.
     """
     check_geometry(sample, mpp, spot_diameter_px)
+    if not isinstance(sample, str) or sample.startswith("__") or not all(c.isalnum() or c in "_-." for c in sample):
+        raise ValueError(
+            f"The sample name {sample!r} cannot name SpatialData elements ({sample}_image, {sample}_spots): pass "
+            "`sample=` with letters, digits, '_', '-' and '.' only."
+        )
     centres_xy = np.asarray(centres_xy, dtype=np.float64).reshape(-1, 2)
     n_spots = len(centres_xy)
     spot_ids = pd.Index([str(i) for i in range(n_spots)] if spot_ids is None else [str(s) for s in spot_ids])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -142,7 +143,7 @@ def read_slide(
     check_rule(glass_threshold, max_glass_fraction)
     if isinstance(image, str | Path):
         levels = read_image(image)
-        sample = sample or Path(image).name.split(".")[0]
+        sample = sample or re.sub(r"[^A-Za-z0-9_-]", "_", Path(image).name.split(".")[0])  # an element name
         mpp, mpp_source = resolve_mpp(mpp, Path(image))
     elif isinstance(image, np.ndarray | da.Array):
         levels = [as_rgb(image, "image", "YXS" if image.ndim == 3 else "YX")]

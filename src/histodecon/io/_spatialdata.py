@@ -261,7 +261,12 @@ def _check_spatial_kept(adata, adoptions: list[_Adoption], *, overwrite: bool) -
         return
     spatial = np.asarray(spatial, dtype=np.float64)
     for adoption in adoptions:
-        if spatial.ndim != 2 or not np.allclose(spatial[adoption.rows, :2], adoption.centres, rtol=0, atol=1e-6):
+        if spatial.ndim != 2:
+            existing, centres = spatial, adoption.centres
+        else:  # NaN rows hold no coordinates: those of spots an earlier call did not adopt
+            known = np.isfinite(spatial[adoption.rows, :2]).all(axis=1)
+            existing, centres = spatial[adoption.rows, :2][known], adoption.centres[known]
+        if existing.shape != centres.shape or not np.allclose(existing, centres, rtol=0, atol=1e-6):
             raise KeyError(
                 f"`obsm[{Key.obsm.spatial!r}]` holds other coordinates than the spots' pixels in the image "
                 f"{adoption.geometry.image_key!r}. Pass `overwrite=True` to replace them (with `copy=True` the "
@@ -322,7 +327,7 @@ def _shallow_copy(sdata: SpatialData, adoptions: list[_Adoption], table_key: str
 
 def _write(sdata: SpatialData, adata, adoptions: list[_Adoption]) -> None:
     """Register the elements in each sample's coordinate systems and write the table's columns and cache."""
-    spatial = np.zeros((adata.n_obs, 2))
+    spatial = np.full((adata.n_obs, 2), np.nan)  # spots of shapes not adopted have no position yet
     if Key.obsm.spatial in adata.obsm:
         spatial = np.asarray(adata.obsm[Key.obsm.spatial], dtype=np.float64)[:, :2].copy()
     samples = (

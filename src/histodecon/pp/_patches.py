@@ -16,7 +16,7 @@ from xarray import DataArray, DataTree
 
 from histodecon._constants import Key
 from histodecon._geometry import SampleGeometry, image_pixels, sample_geometries
-from histodecon._utils import check_centres, check_spot_spacing, check_spots_inside, get_table
+from histodecon._utils import check_centres, check_samples_named, check_spot_spacing, check_spots_inside, get_table
 
 #: Decoded image chunks kept between reads; bounds memory whatever the slide size.
 CACHE_BYTES = 256 * 2**20
@@ -147,6 +147,7 @@ class SpotPatches:
             ):
                 raise ValueError(f"`mpp` must be a positive number of micrometres per pixel or None, got {value!r}.")
         adata = get_table(sdata, table_key)
+        check_samples_named(adata, "reading patches")
         spatial = Key.obsm.spatial
         if spatial not in adata.obsm:
             raise KeyError(f"The table has no `obsm[{spatial!r}]` spot centres. Read the slide with `hd.io`.")

@@ -212,7 +212,12 @@ def predict(
     pred = np.full((len(x), len(model.cell_types)), np.nan, dtype=np.float32)
     pred[finite] = model.predict(x if finite.all() else x[finite], batch_size=batch_size)
     if not finite.all():
-        logger.warning(f"{int((~finite).sum())} spots have NaN or infinite embeddings; their predictions are NaN.")
+        cause = (
+            "embeddings" if model.inputs.context_radius is None else "embeddings, or no in-tissue neighbour in reach"
+        )
+        logger.warning(
+            f"{int((~finite).sum())} spots have NaN or infinite inputs ({cause}); their predictions are NaN."
+        )
 
     result = copy_data(data) if copy else data
     adata = get_table(result, table_key) if copy else table

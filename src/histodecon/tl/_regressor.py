@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -280,7 +281,8 @@ class AbundanceRegressor:
         The JSON records the architecture, feature keys and dims in order, cell types,
         hyperparameters, training provenance, history, validation scores, the SHA-256 of the
         tensor file and a SHA-256 of the record itself, both checked by :meth:`load`. ``path``
-        may end in ``.safetensors`` or ``.json``. An existing folder gets ``model.safetensors``,
+        may end in ``.safetensors`` or ``.json``. A folder (an existing one, or a path ending in
+        ``/``, created) gets ``model.safetensors``,
         ``model.json`` and the card ``README.md``: the layout of a Hugging Face Hub repository
         (see :meth:`push_to_hub`); otherwise the card is ``<path>.md``. The card (Markdown)
         lists the training samples, encoders and their widths, cell types, hyperparameters and
@@ -308,7 +310,10 @@ class AbundanceRegressor:
             "best_epoch": self.best_epoch,
             "validation_scores": self.validation_scores,
         }
-        write_model_file(path, self.check_fitted(), record, overwrite=overwrite)
+        network = self.check_fitted()
+        if str(path).endswith(("/", os.sep)):
+            Path(path).mkdir(parents=True, exist_ok=True)
+        write_model_file(path, network, record, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | None = None) -> AbundanceRegressor:
