@@ -261,17 +261,21 @@ def _check_spatial_kept(adata, adoptions: list[_Adoption], *, overwrite: bool) -
         return
     spatial = np.asarray(spatial, dtype=np.float64)
     for adoption in adoptions:
-        if spatial.ndim != 2:
-            existing, centres = spatial, adoption.centres
-        else:  # NaN rows hold no coordinates: those of spots an earlier call did not adopt
-            known = np.isfinite(spatial[adoption.rows, :2]).all(axis=1)
-            existing, centres = spatial[adoption.rows, :2][known], adoption.centres[known]
-        if existing.shape != centres.shape or not np.allclose(existing, centres, rtol=0, atol=1e-6):
+        if not _holds_centres(spatial, adoption):
             raise KeyError(
                 f"`obsm[{Key.obsm.spatial!r}]` holds other coordinates than the spots' pixels in the image "
                 f"{adoption.geometry.image_key!r}. Pass `overwrite=True` to replace them (with `copy=True` the "
                 "original SpatialData keeps them)."
             )
+
+
+def _holds_centres(spatial: np.ndarray, adoption: _Adoption) -> bool:
+    """Whether ``spatial`` holds the adopted centres; NaN rows (spots an earlier call did not adopt) hold none."""
+    if spatial.ndim != 2 or spatial.shape[1] < 2:
+        return False
+    existing = spatial[adoption.rows, :2]
+    known = np.isfinite(existing).all(axis=1)
+    return np.allclose(existing[known], adoption.centres[known], rtol=0, atol=1e-6)
 
 
 def _check_coordinate_systems(sdata: SpatialData, adoptions: list[_Adoption]) -> None:

@@ -50,7 +50,7 @@ def training_fields_um(tables: Sequence[AnnData], names: Sequence[str]) -> dict[
     return {key: [round(min(values), 3), round(max(values), 3)] for key, values in sides.items() if values}
 
 
-def warn_on_other_fields(table: AnnData, trained: dict[str, list[float]], *, stacklevel: int = 3) -> None:
+def warn_on_other_fields(table: AnnData, trained: dict[str, list[float]]) -> None:
     """Warn, naming the fix, where a sample's patches differ from every training field by more than 10%."""
     for key, per_sample in embedded_fields_um(table, trained).items():
         low, high = trained[key]
@@ -68,7 +68,7 @@ def warn_on_other_fields(table: AnnData, trained: dict[str, list[float]], *, sta
                 f"tissue at another scale. Embed again over the training field: `hd.tl.embed(sdata, [{name!r}], "
                 f"patch_size={size}, mpp={(low + high) / 2 / size:.4g}, overwrite=True)`.",
                 UserWarning,
-                stacklevel=stacklevel,
+                stacklevel=3,  # the user's call of predict or predict_many
             )
 
 
