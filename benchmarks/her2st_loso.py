@@ -29,8 +29,8 @@ import pandas as pd
 from _common import default_data_dir, peak_rss_mb, write_results
 
 import histodecon as hd
-from histodecon.tl._baselines import RidgeBaseline
-from histodecon.tl._inputs import InputOptions, spot_inputs
+from histodecon.tl._estimator._baselines import RidgeBaseline
+from histodecon.tl._estimator._inputs import InputOptions, spot_inputs
 
 SECTIONS = ("B4", "C2", "C3")
 TARGET = "proportions"

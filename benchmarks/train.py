@@ -30,7 +30,7 @@ from anndata import AnnData
 from torch.utils.data import DataLoader, TensorDataset
 
 import histodecon as hd
-from histodecon.tl._network import AbundanceNetwork
+from histodecon.tl._estimator._network import AbundanceNetwork
 
 FULL = {"n_spots": 13_600, "n_dims": 1536, "n_types": 39, "n_patients": 8}
 QUICK = {"n_spots": 2_000, "n_dims": 256, "n_types": 10, "n_patients": 4}

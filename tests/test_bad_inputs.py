@@ -26,7 +26,7 @@ from spatialdata.transformations import Scale, get_transformation, set_transform
 
 import histodecon as hd
 from histodecon.pp._patches import image_levels
-from histodecon.tl._model_file import record_checksum
+from histodecon.tl._estimator._file import record_checksum
 
 N_SPOTS = 30
 EMBEDDING_DIM = 51  # the width of the weights-free "handcrafted" encoder's embeddings

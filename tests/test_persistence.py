@@ -21,7 +21,7 @@ from spatialdata.models import Image2DModel, ShapesModel, TableModel
 import histodecon as hd
 from histodecon._constants import Key
 from histodecon._geometry import sample_geometries
-from histodecon.tl._embed_writer import write_embedding
+from histodecon.tl._embedding._writer import write_embedding
 
 matplotlib.use("Agg")
 

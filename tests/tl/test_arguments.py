@@ -8,7 +8,7 @@ import torch
 
 import histodecon as hd
 from histodecon._utils import check_positive_int
-from histodecon.tl._network import PREDICT_BLOCK
+from histodecon.tl._estimator._network import PREDICT_BLOCK
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -4,9 +4,9 @@ import pytest
 from anndata import AnnData
 
 import histodecon as hd
-from histodecon.tl._baselines import RIDGE_ALPHAS, MeanBaseline, RidgeBaseline
 from histodecon.tl._cross_validate import configurations
-from histodecon.tl._spots import spot_table
+from histodecon.tl._estimator._baselines import RIDGE_ALPHAS, MeanBaseline, RidgeBaseline
+from histodecon.tl._estimator._spots import spot_table
 
 CELL_TYPES = ["tumour", "T cells", "fibroblasts"]
 # the toy targets are abundances, so the network predicts them as such

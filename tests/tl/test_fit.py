@@ -8,9 +8,9 @@ from anndata import AnnData
 import histodecon as hd
 from histodecon._constants import Key
 from histodecon.io._build import build_sdata
-from histodecon.tl._collapse import RIDGE_CC_MARGIN
-from histodecon.tl._inputs import InputOptions, spot_inputs
-from histodecon.tl._spots import spot_table
+from histodecon.tl._estimator._collapse import RIDGE_CC_MARGIN
+from histodecon.tl._estimator._inputs import InputOptions, spot_inputs
+from histodecon.tl._estimator._spots import spot_table
 
 CELL_TYPES = ["tumour", "T cells", "fibroblasts"]
 SMALL = {"hidden": (32, 32, 16), "lr": 1e-2, "max_epochs": 60, "batch_size": 64, "patience": 5}

@@ -15,10 +15,10 @@ from histodecon._settings import logger, settings
 from histodecon._utils import Slide, as_slide_list, encoder_names
 from histodecon.metrics._scores import cc_score, l1_score
 
-from ._baselines import BASELINES, check_baselines, fit_baseline
-from ._hyperparameters import Hyperparameters
-from ._regressor import AbundanceRegressor
-from ._spots import DEFAULT_GROUPBY, embedding_names, spot_table
+from ._estimator._baselines import BASELINES, check_baselines, fit_baseline
+from ._estimator._hyperparameters import Hyperparameters
+from ._estimator._regressor import AbundanceRegressor
+from ._estimator._spots import DEFAULT_GROUPBY, embedding_names, spot_table
 
 #: Fold name of the single train/test split of the cross-dataset mode.
 CROSS_DATASET_FOLD = "test"

@@ -30,14 +30,14 @@ from histodecon._utils import (
     write_result,
 )
 
-from ._embed_request import checked_tables, image_slides, weights_per_model
-from ._embed_store import spots_fingerprint
-from ._embed_writer import write_embedding
-from ._field_match import PATCH_FIELD_UM, warn_on_other_fields
-from ._hub import locate_model
-from ._model_file import model_paths, read_provenance
-from ._patch_field import ENCODER_FIELD, EncoderField, with_patch_field
-from ._regressor import AbundanceRegressor
+from ._embedding._patch_field import ENCODER_FIELD, EncoderField, with_patch_field
+from ._embedding._request import checked_tables, image_slides, weights_per_model
+from ._embedding._store import spots_fingerprint
+from ._embedding._writer import write_embedding
+from ._estimator._field_match import PATCH_FIELD_UM, warn_on_other_fields
+from ._estimator._file import model_paths, read_provenance
+from ._estimator._hub import locate_model
+from ._estimator._regressor import AbundanceRegressor
 from ._worker import embed_task, predict_task
 
 if TYPE_CHECKING:

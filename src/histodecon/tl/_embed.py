@@ -15,10 +15,17 @@ from histodecon._docs import inject_docs
 from histodecon._settings import settings
 from histodecon._utils import encoder_names
 
-from ._embed_request import checked_tables, image_slides, weights_per_model
-from ._embed_slide import embed_slide
-from ._embed_writer import write_embedding
-from ._patch_field import ENCODER_FIELD, EncoderField, field_encoder, field_key, field_patches, with_patch_field
+from ._embedding._patch_field import (
+    ENCODER_FIELD,
+    EncoderField,
+    field_encoder,
+    field_key,
+    field_patches,
+    with_patch_field,
+)
+from ._embedding._request import checked_tables, image_slides, weights_per_model
+from ._embedding._slide import embed_slide
+from ._embedding._writer import write_embedding
 
 
 @inject_docs

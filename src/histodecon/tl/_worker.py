@@ -24,11 +24,18 @@ from histodecon._constants import Key
 from histodecon._settings import logger, settings
 from histodecon._utils import get_table, provenance
 
-from ._embed_slide import embed_slide
-from ._fit import predict
-from ._model_file import model_paths
-from ._patch_field import ENCODER_FIELD, EncoderField, field_encoder, field_key, field_patches, with_patch_field
-from ._regressor import AbundanceRegressor
+from ._embedding._patch_field import (
+    ENCODER_FIELD,
+    EncoderField,
+    field_encoder,
+    field_key,
+    field_patches,
+    with_patch_field,
+)
+from ._embedding._slide import embed_slide
+from ._estimator._file import model_paths
+from ._estimator._regressor import AbundanceRegressor
+from ._predict import predict
 
 #: glibc's ``mallopt`` parameters (malloc.h) and the values a worker sets: the largest mmap
 #: threshold on 64-bit systems (``DEFAULT_MMAP_THRESHOLD_MAX``), and twice it as the trim

@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import histodecon as hd
-from histodecon.tl._model_file import record_checksum
-from histodecon.tl._network import loss_terms, training_loss
-from histodecon.tl._training import validation_split as _validation_split
-from histodecon.tl._training import weighted_loss
+from histodecon.tl._estimator._file import record_checksum
+from histodecon.tl._estimator._network import loss_terms, training_loss
+from histodecon.tl._estimator._training import validation_split as _validation_split
+from histodecon.tl._estimator._training import weighted_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

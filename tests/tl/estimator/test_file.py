@@ -17,8 +17,8 @@ from huggingface_hub import constants as hf_constants
 from safetensors.torch import load_file, save_file
 
 import histodecon as hd
-from histodecon.tl._model_file import record_checksum
-from histodecon.tl._model_schema import MAX_LAYERS, MAX_PARAMETERS, MAX_WIDTH, READABLE
+from histodecon.tl._estimator._file import record_checksum
+from histodecon.tl._estimator._schema import MAX_LAYERS, MAX_PARAMETERS, MAX_WIDTH, READABLE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = "my-lab/tiny-model"
@@ -197,7 +197,7 @@ _MEASURE = textwrap.dedent(
     import json, resource, sys
     import torch
     import histodecon as hd
-    from histodecon.tl._network import AbundanceNetwork
+    from histodecon.tl._estimator._network import AbundanceNetwork
 
     def peak_mb():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -4,7 +4,7 @@ Version 2 stores the loss weights as ``mae_weight`` / ``pearson_weight``; versio
 former names ``l1`` / ``l2``) is still read.
 
 Reading checks, in this order and before any tensor is allocated: the JSON's size, its
-schema (exact types and bounds, :mod:`._model_schema`), its checksum, and the tensor file's
+schema (exact types and bounds, :mod:`._schema`), its checksum, and the tensor file's
 header (names, dtypes, shapes and byte ranges of the recorded architecture, and the file's
 exact size). Only then are the tensor bytes read, hashed against the record and loaded. The
 checksums catch damaged or edited copies; they are not a security boundary (anyone can
@@ -25,9 +25,9 @@ from safetensors.torch import save as save_tensors
 
 from histodecon._settings import logger
 
-from ._model_card import model_card
-from ._model_schema import FORMAT, FORMAT_VERSION, MAX_RECORD_BYTES, check_record
+from ._card import model_card
 from ._network import AbundanceNetwork
+from ._schema import FORMAT, FORMAT_VERSION, MAX_RECORD_BYTES, check_record
 
 #: File names of a model saved into a folder, as on the Hugging Face Hub.
 FOLDER_STEM = "model"

@@ -24,7 +24,7 @@ from histodecon._settings import logger, settings
 from histodecon.encoders import PatchEncoder
 from histodecon.pp import SpotPatches
 
-from ._embed_store import StoredEmbedding
+from ._store import StoredEmbedding
 
 #: Batches read ahead of the model per reading thread; bounds the memory of prefetching.
 PREFETCH_PER_WORKER = 2

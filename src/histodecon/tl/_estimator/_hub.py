@@ -18,7 +18,7 @@ from typing import Any
 
 from histodecon._settings import logger
 
-from ._model_file import FOLDER_CARD, FOLDER_STEM, model_paths
+from ._file import FOLDER_CARD, FOLDER_STEM, model_paths
 
 #: The files of a model repository; nothing else is downloaded.
 REPO_FILES = (f"{FOLDER_STEM}.json", f"{FOLDER_STEM}.safetensors", FOLDER_CARD)

@@ -14,7 +14,7 @@ from spatialdata import SpatialData
 
 from histodecon._utils import as_slide_list, check_positive_int, check_unique_names, get_table
 
-from ._embed_writer import check_embedding_absent
+from ._writer import check_embedding_absent
 
 #: Why an AnnData alone cannot be embedded.
 IMAGE_NEEDED = (

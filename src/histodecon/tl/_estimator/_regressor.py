@@ -17,11 +17,11 @@ from histodecon._settings import logger, settings
 from histodecon._utils import check_positive_int
 
 from ._collapse import compositions, validation_scores, warn_if_collapsed
+from ._file import read_model_file, write_model_file
 from ._hub import locate_model, push_model
 from ._hyperparameters import Hyperparameters, resolved_target_scale
 from ._inputs import LEGACY as LEGACY_INPUTS
 from ._inputs import InputOptions
-from ._model_file import read_model_file, write_model_file
 from ._network import AbundanceNetwork
 from ._training import checked_training_data, finite_matrix, new_network, train, validation_split
 
