@@ -2,6 +2,7 @@
 
 import logging
 import os
+import warnings
 from importlib.metadata import version as _version
 
 project = "histodecon"
@@ -20,6 +21,9 @@ extensions = [
 ]
 
 autosummary_generate = True
+# Class pages list the class's own methods and attributes: PatchEncoder would otherwise list every
+# method of torch.nn.Module, whose Google-style docstrings do not parse as reST.
+templates_path = ["_templates"]
 autodoc_member_order = "bysource"
 napoleon_google_docstring = False
 napoleon_numpy_docstring = True
@@ -40,6 +44,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 exclude_patterns = ["_build", "**.ipynb_checkpoints"]
 suppress_warnings = ["mystnb.unknown_mime_type"]
+# sphinx-autodoc-typehints calls an API Sphinx 10 removes, once per docstring; the build log stays
+# for our own messages (`make docs` fails on any warning or docutils message in it).
+warnings.filterwarnings("ignore", message=r".*_RstSnippetParser\.set_application' is deprecated")
+# squidpy's docstrings name parameters docrep does not know, at import.
+warnings.filterwarnings("ignore", message=r"'\w+' is not a valid key!", category=SyntaxWarning)
 nitpicky = False
 
 html_theme = "sphinx_book_theme"

@@ -189,6 +189,9 @@ def _st_section(folder: Path) -> SimpleNamespace:
         }
     )
     spots.to_csv(folder / "spots.tsv", sep="\t", index=False)
+    pd.DataFrame(np.ones((5, 3), int), index=[*ids, "2x1"], columns=["GENE1", "GENE2", "GENE3"]).to_csv(
+        folder / "counts_repeated.tsv", sep="\t"
+    )
     spots.assign(pixel_x=spots.pixel_x * 4, pixel_y=spots.pixel_y * 4).to_csv(
         folder / "spots_x4.tsv", sep="\t", index=False
     )
@@ -346,7 +349,7 @@ CASES = [
     pytest.param(
         lambda k: call(hd.io.read_slide, np.full((400, 400, 3), 250, np.uint8), mpp=0.5),
         ValueError,
-        r"No pseudo-spot .* lies on tissue.*raise `glass_threshold`",
+        r"No pseudo-spot .* lies on tissue.*pass one's own `tissue` mask",
         id="read_slide-empty-glass-slide",
     ),
     pytest.param(
@@ -378,6 +381,12 @@ CASES = [
         ValueError,
         r"has columns .*expected the her2st layout",
         id="read_st-spot-file-without-pixel-columns",
+    ),
+    pytest.param(
+        lambda k: call(hd.io.read_st, k.st.counts_repeated, k.st.spots, k.st.he),
+        ValueError,
+        r"'counts_repeated\.tsv' repeats 1 spot id\(s\), e\.g\. \['2x1'\]: every spot needs one row",
+        id="read_st-counts-repeat-a-spot-id",
     ),
     pytest.param(
         lambda k: call(hd.io.from_anndata, k.slide()),
@@ -464,7 +473,7 @@ CASES = [
     pytest.param(
         lambda k: call(hd.pp.spot_patches, edited(k.slide(), _second_image)),
         ValueError,
-        r"Several images share coordinate system 'synthetic' .*\['synthetic_image', 'copy'\]\. Say which .*image_key=\.\.\.\)",
+        r"Several images share coordinate system 'synthetic' .*\['synthetic_image', 'copy'\]\. Say which .*`image_key=`",
         id="spot_patches-ambiguous-image",
     ),
     pytest.param(
@@ -590,10 +599,10 @@ CASES = [
         id="spot_patches-grayscale-image-element",
     ),
     pytest.param(
-        lambda k: call(hd.pp.filter_background, k.slide(), glass_threshold=300),
+        lambda k: call(hd.pp.filter_background, k.slide(), max_glass_fraction=1.5),
         ValueError,
-        r"`glass_threshold` must be an intensity in \[0, 255\), got 300",
-        id="filter_background-threshold-out-of-range",
+        r"`max_glass_fraction` must be a fraction in \[0, 1\], got 1\.5",
+        id="filter_background-glass-fraction-out-of-range",
     ),
     pytest.param(
         lambda k: call(
@@ -899,7 +908,8 @@ CASES = [
             hd.gr.moran_r, edited(k.coloc(), _set_value("abund", (0, 0), np.nan)), key="abund", key_added="again"
         ),
         ValueError,
-        r"missing or infinite values in \['tumour'\]",
+        r"1 spots have missing or infinite values in `obsm\['abund'\]` \(columns \['tumour'\]\), e\.g\. \['.+'\]\. "
+        r"Pass `nan_policy='omit'`",
         id="moran_r-nan-abundance",
     ),
     pytest.param(
@@ -1267,7 +1277,7 @@ ISSUE15_CASES = [
     pytest.param(
         lambda k: call(hd.tl.embed_many, [k.slide(), k.slide()], ["handcrafted"], stores=_scratch(), overwrite=True),
         ValueError,
-        r"same samples, spot names and coordinates \(\['synthetic-\w{12}'\]\), so they would share a store",
+        r"same samples, spots and pixels under them \(\['synthetic-\w{12}-\w{8}'\]\), so they would share a store",
         id="embed_many-two-copies-of-one-slide",
     ),
     pytest.param(
@@ -1557,7 +1567,7 @@ MODEL_FILE_CASES = [
     pytest.param(
         lambda k: call(hd.tl.AbundanceRegressor.load, _forged_model(k, _setting(None, "version", 99))),
         ValueError,
-        r"model\.json has format version 99; this histodecon reads versions \[1, 2, 3\]\. Load it with the .* release",
+        r"model\.json has format version 99; this histodecon reads versions \[1, 2, 3, 4\]\. Load it with the .* release",
         id="load-model-unknown-version",
     ),
     pytest.param(
@@ -1627,4 +1637,340 @@ MODEL_FILE_CASES = [
 
 @pytest.mark.parametrize(("make", "error", "match"), MODEL_FILE_CASES)
 def test_model_file_bad_input_is_refused_and_nothing_passed_in_changes(kit, make, error, match):
+    test_bad_input_is_refused_and_nothing_passed_in_changes(kit, make, error, match)
+
+
+# ------------------------------------------------------------------------------------- command line
+COMMAND_LINE_CASES = [
+    pytest.param(["--version", "demo"], r"--version takes no other arguments", id="version-with-a-command"),
+    pytest.param(["demo", "--version"], r"unrecognized arguments: --version", id="version-after-a-command"),
+    pytest.param(["--version", "--quick"], r"unrecognized arguments: --quick", id="version-with-an-option"),
+    pytest.param(["frobnicate"], r"invalid choice: 'frobnicate'", id="unknown-command"),
+    pytest.param([], r"a command is required \(demo\), or --version", id="no-command"),
+]
+
+
+@pytest.mark.parametrize(("argv", "match"), COMMAND_LINE_CASES)
+def test_command_line_prints_the_usage_and_exits_non_zero(argv, match, capsys, tmp_path, monkeypatch):
+    """``python -m histodecon`` answers what it does not understand with its usage, exit status 2, nothing run."""
+    import re
+
+    from histodecon.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match=r"^2$"):
+        main(argv)
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("usage: python -m histodecon [-h] [--version] command ...")
+    assert re.search(match, captured.err)
+    assert not any(tmp_path.iterdir())  # no demo output written
+
+
+# ------------------------------------------------------------------------------- issue 26: hints that work
+def _proportions_only(adata: AnnData) -> None:
+    """her2st's layout: the truth in ``obsm['proportions']``, no ``obsm['abund']``."""
+    adata.obsm["proportions"] = adata.obsm.pop("abund")
+
+
+def _abundances_table_twice(k) -> SpatialData:
+    sdata = k.slide()
+    hd.get.abundances(sdata, "abund", table_key_added="abund")
+    return sdata
+
+
+HINT_CASES = [
+    pytest.param(
+        lambda k: call(hd.tl.predict, [k.slide()], k.model),
+        TypeError,
+        r"`hd.tl.predict` takes one slide, got a list of 1; predict several with `hd.tl.predict_many\(slides, model\)`",
+        id="predict-a-list-points-to-predict_many",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.fit, edited(k.table(), _proportions_only), features="handcrafted"),
+        KeyError,
+        r"no `obsm\['abund'\]` to train on.*pass `target=`.*obsm keys are \[.*'proportions'.*\]",
+        id="fit-without-abund-lists-the-obsm-keys",
+    ),
+    pytest.param(
+        lambda k: call(hd.get.abundances, _abundances_table_twice(k), "abund", table_key_added="abund"),
+        KeyError,
+        r"`sdata.tables\['abund'\]` already exists\. Pass `overwrite=True` to replace it, or `table_key_added=`",
+        id="abundances-table-twice-names-table_key_added",
+    ),
+    pytest.param(
+        lambda k: call(
+            hd.gr.moran_r, edited(k.coloc(), _drop("obsp", "rbf_connectivities")), key="abund", key_added="again"
+        ),
+        KeyError,
+        r"No `obsp\['rbf_connectivities'\]` in the table; its obsp keys are \['rbf_distances'\]",
+        id="moran_r-missing-graph-lists-the-obsp-keys",
+    ),
+    pytest.param(
+        lambda k: call(hd.gr.rbf_graph, edited(k.table(), _drop("obsm", "spatial"))),
+        KeyError,
+        r"no `obsm\['spatial'\]` spot coordinates \(its obsm keys are \['abund', 'X_handcrafted'\]\)",
+        id="rbf_graph-without-coordinates-lists-the-obsm-keys",
+    ),
+]
+
+
+@pytest.mark.parametrize(("make", "error", "match"), HINT_CASES)
+def test_hint_names_what_exists_and_nothing_passed_in_changes(kit, make, error, match):
+    test_bad_input_is_refused_and_nothing_passed_in_changes(kit, make, error, match)
+
+
+# ---- tissue masks (hd.pp.detect_tissue, the `tissue` / `tissue_key` of read_slide and filter_background)
+def _with_tissue_labels(sdata: SpatialData) -> SpatialData:
+    """``sdata`` with its own tissue mask already stored as ``labels['synthetic_tissue']``."""
+    hd.pp.detect_tissue(sdata, mask=np.ones((144, 140), bool))
+    return sdata
+
+
+TISSUE_CASES = [
+    pytest.param(
+        lambda k: call(hd.pp.detect_tissue, k.slide(), mask=np.ones((100, 300), bool)),
+        ValueError,
+        r"The 100 x 300 tissue mask does not have the shape of image 'synthetic_image' \(1440 x 1400",
+        id="detect_tissue-mask-of-another-shape",
+    ),
+    pytest.param(
+        lambda k: call(hd.pp.detect_tissue, k.slide(), mask=np.ones((144, 140), np.float32)),
+        ValueError,
+        r"2-D boolean or integer array \(0 glass, >0 tissue\), got shape \(144, 140\) of dtype float32",
+        id="detect_tissue-float-mask",
+    ),
+    pytest.param(
+        lambda k: call(hd.pp.detect_tissue, k.slide(), mask=np.ones((144, 140, 3), bool)),
+        ValueError,
+        r"2-D boolean or integer array .* got shape \(144, 140, 3\)",
+        id="detect_tissue-rgb-mask",
+    ),
+    pytest.param(
+        lambda k: call(hd.pp.detect_tissue, k.slide(), mask=[[True, False]]),
+        TypeError,
+        r"A tissue mask must be a 2-D numpy array, got list",
+        id="detect_tissue-mask-not-an-array",
+    ),
+    pytest.param(
+        lambda k: call(hd.pp.detect_tissue, _with_tissue_labels(k.slide())),
+        KeyError,
+        r"`sdata\.labels\['synthetic_tissue'\]` already exists\. Pass `overwrite=True` to replace it",
+        id="detect_tissue-labels-exist",
+    ),
+    pytest.param(
+        lambda k: call(hd.pp.filter_background, k.slide(), tissue_key="synthetic_image_tissue"),
+        KeyError,
+        r"No labels element 'synthetic_image_tissue' to use as tissue mask; the labels are \[\]",
+        id="filter_background-missing-tissue-key",
+    ),
+    pytest.param(
+        lambda k: call(hd.io.read_slide, k.image, mpp=0.5, tissue=np.ones((10, 30), bool)),
+        ValueError,
+        r"The 10 x 30 tissue mask does not have the shape of image 'slide' \(1440 x 1400",
+        id="read_slide-tissue-mask-of-another-shape",
+    ),
+]
+
+
+@pytest.mark.parametrize(("make", "error", "match"), TISSUE_CASES)
+def test_bad_tissue_mask_is_refused_and_nothing_passed_in_changes(kit, make, error, match):
+    test_bad_input_is_refused_and_nothing_passed_in_changes(kit, make, error, match)
+
+
+# ------------------------------------------------------------------------------------------ issue 23: intervals
+def _older_format_model(k) -> Path:
+    """``k.model`` saved as model file version 3: no calibration for intervals."""
+
+    def edit(record: dict) -> None:
+        del record["calibration"]
+        record["version"] = 3
+
+    return _forged_model(k, edit)
+
+
+def _with_obsm(key: str) -> Callable[[AnnData], None]:
+    def edit(adata: AnnData) -> None:
+        adata.obsm[key] = adata.obsm["abund"].copy()
+
+    return edit
+
+
+_INTERVAL = (
+    r"`interval` must be a coverage level strictly between 0 and 1 \(e\.g\. 0\.8\), or None for no interval; got {}"
+)
+INTERVAL_CASES = [
+    *(
+        pytest.param(
+            lambda k, v=value: call(hd.tl.predict, k.table(), k.model, interval=v),
+            ValueError,
+            _INTERVAL.format(shown),
+            id=f"predict-interval-{name}",
+        )
+        for value, shown, name in (
+            (0.0, "0.0", "zero"),
+            (1.0, "1.0", "one"),
+            (1.5, "1.5", "above-one"),
+            (-0.2, "-0.2", "negative"),
+            (True, "True", "bool"),
+            ("0.8", "'0.8'", "string"),
+        )
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.predict, k.table(), _model_folder() / "absent", interval=2),
+        ValueError,
+        _INTERVAL.format("2"),
+        id="predict-interval-checked-before-the-model-is-loaded",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.predict, k.table(), _older_format_model(k), interval=0.8),
+        ValueError,
+        r"no calibration for prediction intervals.*version 3 or older.*Fit it again with `hd\.tl\.fit`",
+        id="predict-interval-older-model-format",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.predict, edited(k.table(), _with_obsm("pred_abund_lower")), k.model, interval=0.8),
+        KeyError,
+        r"`adata\.obsm\['pred_abund_lower'\]` already exists\. Pass `overwrite=True`",
+        id="predict-interval-over-existing-bound",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.predict_many, [k.table()], k.model, interval=0),
+        ValueError,
+        _INTERVAL.format("0"),
+        id="predict_many-interval-zero",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.predict_many, [k.table()], _older_format_model(k), interval=0.5),
+        ValueError,
+        r"no calibration for prediction intervals",
+        id="predict_many-interval-older-model-format",
+    ),
+    pytest.param(
+        lambda k: call(
+            hd.tl.AbundanceRegressor.load,
+            _forged_model(k, lambda r: r["calibration"]["residuals"][0].__setitem__(0, float("nan"))),
+        ),
+        ValueError,
+        _FORGED.format(".*model.json", r"calibration\.residuals\[0\]", r"must hold \d+ finite residuals >= 0"),
+        id="load-model-calibration-nan",
+    ),
+]
+
+
+@pytest.mark.parametrize(("make", "error", "match"), INTERVAL_CASES)
+def test_interval_bad_input_is_refused_and_nothing_passed_in_changes(kit, make, error, match):
+    test_bad_input_is_refused_and_nothing_passed_in_changes(kit, make, error, match)
+
+
+# ------------------------------------------------------------------------------------------ issue 24 (stain)
+# Stain references through squidpy and the choice of image: unknown methods, references of the wrong
+# type, an image_key that does not exist or is not RGB uint8, slides whose stain squidpy cannot fit.
+def _channels_swapped(sdata: SpatialData) -> SpatialData:
+    """``sdata`` with green and red swapped: tissue whose stain vectors lie far from H&E's (squidpy's fit fails)."""
+    element = sdata.images["synthetic_image"]
+    sdata.images["synthetic_image"] = Image2DModel.parse(
+        element.data[[1, 0, 2]], dims=("c", "y", "x"), transformations=get_transformation(element, get_all=True)
+    )
+    return sdata
+
+
+def _grey_beside(sdata: SpatialData) -> SpatialData:
+    """``sdata`` with a one-channel image ``grey`` in the spots' coordinate systems, beside the H&E."""
+    element = sdata.images["synthetic_image"]
+    sdata.images["grey"] = Image2DModel.parse(
+        element.data[:1], dims=("c", "y", "x"), transformations=get_transformation(element, get_all=True)
+    )
+    return sdata
+
+
+def _float_beside(sdata: SpatialData) -> SpatialData:
+    """``sdata`` with a float RGB image ``float`` in the spots' coordinate systems, beside the H&E."""
+    element = sdata.images["synthetic_image"]
+    sdata.images["float"] = Image2DModel.parse(
+        element.data.astype(np.float32) / 255,
+        dims=("c", "y", "x"),
+        transformations=get_transformation(element, get_all=True),
+    )
+    return sdata
+
+
+def _a_reference(k):
+    return hd.pp.stain_reference(k.slide())
+
+
+STAIN_CASES = [
+    pytest.param(
+        lambda k: call(hd.pp.stain_reference, k.slide(), method="hematoxylin"),
+        ValueError,
+        r"Unknown stain method 'hematoxylin'; squidpy's methods are \['macenko', 'vahadane', 'reinhard'\]",
+        id="stain_reference-unknown-method",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.embed, k.slide(), stain_reference="macenko"),
+        TypeError,
+        r"`stain_reference` must be a stain reference from `hd.pp.stain_reference` .* got str",
+        id="embed-reference-of-the-wrong-type",
+    ),
+    pytest.param(
+        lambda k: call(hd.pp.spot_patches, k.slide(), stain_reference=np.eye(3)),
+        TypeError,
+        r"`stain_reference` must be a stain reference .* got ndarray",
+        id="spot_patches-reference-of-the-wrong-type",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.embed, k.slide(), stain_reference={"method": "macenko", "stain_matrix": [[1.0]]}),
+        ValueError,
+        r"not a valid macenko reference: .*white_point",
+        id="embed-broken-reference-record",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.embed, k.slide(), image_key="he_normalized", overwrite=True),
+        KeyError,
+        r"No image 'he_normalized' in the SpatialData; its images are \['synthetic_image'\]",
+        id="embed-image-key-missing",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.embed, _grey_beside(k.slide()), image_key="grey", overwrite=True),
+        ValueError,
+        r"Image 'grey' has 1 channels; patches need RGB",
+        id="embed-image-key-not-rgb",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.embed, _float_beside(k.slide()), image_key="float", overwrite=True),
+        ValueError,
+        r"Image 'float' has dtype float32; patches need uint8 RGB",
+        id="embed-image-key-not-uint8",
+    ),
+    pytest.param(
+        lambda k: call(hd.pp.stain_reference, _grey_beside(k.slide()), image_key="grey"),
+        ValueError,
+        r"The image 'grey' is 1 channels of uint8; stain estimation needs an RGB uint8 H&E image",
+        id="stain_reference-image-key-not-rgb",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.embed, _grey_beside(k.slide()), overwrite=True),
+        ValueError,
+        r"Several images share coordinate system 'synthetic' .*\['synthetic_image', 'grey'\]\. .*`image_key=`",
+        id="embed-several-images-without-image-key",
+    ),
+    pytest.param(
+        lambda k: call(hd.pp.stain_reference, _channels_swapped(k.slide())),
+        ValueError,
+        r"squidpy's macenko stain estimation failed on samples \['synthetic'\]: eosin stain vector deviates .*"
+        r"use `method='reinhard'`",
+        id="stain_reference-fit-fails",
+    ),
+    pytest.param(
+        lambda k: call(hd.tl.embed, _channels_swapped(k.slide()), stain_reference=_a_reference(k), overwrite=True),
+        ValueError,
+        r"squidpy could not estimate the stain of sample 'synthetic' \(image 'synthetic_image'\) to normalise it: "
+        r".*embed this slide without `stain_reference=`",
+        id="embed-source-fit-fails",
+    ),
+]
+
+
+@pytest.mark.parametrize(("make", "error", "match"), STAIN_CASES)
+def test_bad_stain_input_is_refused_and_nothing_passed_in_changes(kit, make, error, match):
     test_bad_input_is_refused_and_nothing_passed_in_changes(kit, make, error, match)

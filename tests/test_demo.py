@@ -3,6 +3,8 @@
 import json
 
 import matplotlib
+import numpy as np
+import pandas as pd
 import pytest
 
 import histodecon as hd
@@ -49,5 +51,29 @@ def test_quick_demo_writes_report_and_figures(tmp_path, monkeypatch):
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["leave_one_slide_out"]) == 4
-    assert all(0 <= row["l1"] <= 2 for row in summary["leave_one_slide_out"])
     assert [len(summary["baselines"][name]) for name in ("mean", "ridge")] == [4, 4]
+    # the network must beat predicting the training slides' mean composition on the held-out slides
+    mlp_l1 = np.mean([row["l1"] for row in summary["leave_one_slide_out"]])
+    mean_l1 = np.mean([row["l1"] for row in summary["baselines"]["mean"]])
+    assert mlp_l1 < mean_l1, (mlp_l1, mean_l1)
+    assert np.mean([row["cc"] for row in summary["leave_one_slide_out"]]) > 0
+
+
+def test_undefined_cc_of_a_constant_prediction_is_explained_not_printed_as_nan():
+    from histodecon._demo import CONSTANT_PREDICTION, _scores_of
+
+    summary = pd.DataFrame(
+        {
+            "sample": ["a", "b", "a", "b"],
+            "model": ["mlp", "mlp", "mean", "mean"],
+            "cc": [0.4, 0.5, np.nan, np.nan],
+            "l1": [0.3, 0.4, 0.6, 0.7],
+            "n_spots": [10, 12, 10, 12],
+        }
+    )
+    mean = _scores_of(summary, "mean")
+    assert json.loads(json.dumps(mean, allow_nan=False)) == [
+        {"sample": "a", "cc": None, "l1": 0.6, "n_spots": 10, "cc_undefined": CONSTANT_PREDICTION},
+        {"sample": "b", "cc": None, "l1": 0.7, "n_spots": 12, "cc_undefined": CONSTANT_PREDICTION},
+    ]
+    assert [row["cc"] for row in _scores_of(summary, "mlp")] == [0.4, 0.5]

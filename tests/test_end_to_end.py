@@ -12,9 +12,11 @@ def test_quick_start_predicts_held_out_slide():
         hd.tl.embed(sdata, models=["handcrafted"])
 
     model = hd.tl.fit(train, features=["handcrafted"], target="abund", max_epochs=150)
-    hd.tl.predict(new, model)
+    hd.tl.predict(new, model, interval=0.8)
     table = new.tables["table"]
     assert list(table.obsm["pred_abund"].columns) == list(table.obsm["abund"].columns)
+    lower, upper = table.obsm["pred_abund_lower"].values, table.obsm["pred_abund_upper"].values
+    assert (lower <= table.obsm["pred_abund"].values).all() and (table.obsm["pred_abund"].values <= upper).all()
     on_tissue = table.obs["in_tissue"].to_numpy()  # training and scoring use the spots on tissue
     truth, pred = table.obsm["abund"][on_tissue], table.obsm["pred_abund"][on_tissue]
 
@@ -29,5 +31,5 @@ def test_quick_start_predicts_held_out_slide():
         table.uns["abund_moranR"]["R"], table.uns["pred_abund_moranR"]["R"]
     )
     assert similarity.attrs["mean"]["pearson"] > 0.5
-    figure = hd.pl.colocalization(new, keys=["abund", "pred_abund"])
+    figure = hd.pl.colocalization(new, keys=["abund", "pred_abund"], return_fig=True)
     assert len(figure.axes) >= 2

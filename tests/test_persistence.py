@@ -116,7 +116,7 @@ def test_processed_slide_round_trips_and_stays_a_histodecon_slide(processed, tmp
     results = [{k: v for k, v in t.uns[key].items() if k != "params"} for t, key in
                ((table, "pred_abund_moranR"), (table_back, "again_moranR"))]  # fmt: skip
     assert_same(*results, "moran_r after read-back")
-    fig = hd.pl.spatial_abundance(back, "tumour")
+    fig = hd.pl.spatial_abundance(back, "tumour", return_fig=True)
     assert len(fig.axes) > 1
     hd.tl.embed(back, models=["handcrafted"], overwrite=True)
     np.testing.assert_array_equal(table_back.obsm["X_handcrafted"], table.obsm["X_handcrafted"])
@@ -195,7 +195,7 @@ def test_real_section_round_trips(her2st_dir, tmp_path):
     hd.gr.rbf_graph(back, key_added="again")
     assert (back.tables["table"].obsp["again_connectivities"] != table.obsp["rbf_connectivities"]).nnz == 0
     cell_type = table.obsm["pred_abund"].columns[0]
-    assert len(hd.pl.spatial_abundance(back, cell_type, keys=["proportions", "pred_abund"]).axes) > 1
+    assert len(hd.pl.spatial_abundance(back, cell_type, keys=["proportions", "pred_abund"], return_fig=True).axes) > 1
 
 
 def _spatialdata_from_models(counts: Path, spots: Path, image: Path) -> SpatialData:

@@ -51,6 +51,11 @@ class Key:
             """
             return f"{Key.obsm.embedding_prefix}{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}"
 
+        @staticmethod
+        def interval_bounds(key_added: str) -> tuple[str, str]:
+            """``obsm`` keys of the lower and upper bounds of the prediction ``key_added`` (``predict(interval=)``)."""
+            return f"{key_added}_lower", f"{key_added}_upper"
+
     class obsp:
         """Spot-by-spot graphs of :func:`histodecon.gr.rbf_graph`."""
 
@@ -74,6 +79,8 @@ class Key:
         samples = "samples"
         embeddings = "embeddings"
         predictions = "predictions"
+        #: Per sample: whether the slide lies within the reach of the model that predicted it (``hd.tl.predict``).
+        applicability = "applicability"
         deconvolve = "deconvolve"
         synthetic = "synthetic"
         moran_suffix = "_moranR"
@@ -89,6 +96,16 @@ class Key:
         def moran(key: str) -> str:
             """``uns`` key of :func:`histodecon.gr.moran_r` on ``obsm[key]``."""
             return f"{key}{Key.uns.moran_suffix}"
+
+    class labels:
+        """SpatialData labels elements."""
+
+        tissue_suffix = "_tissue"
+
+        @staticmethod
+        def tissue(sample: str) -> str:
+            """Labels element of ``sample``'s tissue mask (0 glass, >0 tissue), written by :func:`histodecon.pp.detect_tissue`."""
+            return f"{sample}{Key.labels.tissue_suffix}"
 
     class cs:
         """Coordinate systems of a sample: its full-resolution pixels, and micrometres (``Scale(mpp)`` from pixels)."""

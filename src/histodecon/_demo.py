@@ -173,7 +173,7 @@ def _run(out: Path, *, data_dir: Path | None, quick: bool) -> Path:
     )
     cv.summary.to_csv(out / "cross_validation_summary.csv", index=False)
     cv.scores.to_csv(out / "cross_validation_scores.csv", index=False)
-    plt.close(hd.pl.scores(cv, save=out / "scores.png"))
+    plt.close(hd.pl.scores(cv, save=out / "scores.png", return_fig=True))
 
     model = hd.tl.fit(data.training, features=[ENCODER], target=data.target, **hyperparameters)
     model.save(out / "model", overwrite=True)
@@ -195,6 +195,7 @@ def _run(out: Path, *, data_dir: Path | None, quick: bool) -> Path:
             keys=[data.target, predicted],
             titles=[data.truth_label, "predicted from H&E"],
             save=out / "colocalization.png",
+            return_fig=True,
         ),
         hd.pl.spatial_abundance(
             data.held_out,
@@ -202,6 +203,7 @@ def _run(out: Path, *, data_dir: Path | None, quick: bool) -> Path:
             keys=[data.target, predicted],
             titles=[data.truth_label, "predicted from H&E"],
             save=out / "held_out_abundance.png",
+            return_fig=True,
         ),
         hd.pl.spatial_abundance(
             data.new_slide,
@@ -209,6 +211,7 @@ def _run(out: Path, *, data_dir: Path | None, quick: bool) -> Path:
             keys=[predicted],
             titles=["predicted from H&E"],
             save=out / "new_slide_abundance.png",
+            return_fig=True,
         ),
     ]
     for figure in figures:
@@ -230,10 +233,21 @@ def _run(out: Path, *, data_dir: Path | None, quick: bool) -> Path:
     return report
 
 
+#: Why a CC score is missing: the mean baseline predicts one composition everywhere.
+CONSTANT_PREDICTION = (
+    "the prediction is the same at every spot (the mean baseline, or a collapsed model), so it has no "
+    "correlation with the truth"
+)
+
+
 def _scores_of(cv_summary: pd.DataFrame, model: str) -> list[dict]:
     """Per held-out slide: CC, L1 and spot count of ``model`` (the regressor ``"mlp"`` or a baseline)."""
-    rows = cv_summary[cv_summary["model"] == model]
-    return rows[[Key.obs.sample, "cc", "l1", "n_spots"]].to_dict(orient="records")
+    rows = cv_summary[cv_summary["model"] == model][[Key.obs.sample, "cc", "l1", "n_spots"]]
+    records = rows.astype(object).where(rows.notna(), None).to_dict(orient="records")  # JSON has no NaN
+    for record in records:
+        if record["cc"] is None:
+            record["cc_undefined"] = CONSTANT_PREDICTION
+    return records
 
 
 def write_report(out: Path, data: DemoData, cv_summary: pd.DataFrame, summary: dict) -> Path:
@@ -254,7 +268,8 @@ def write_report(out: Path, data: DemoData, cv_summary: pd.DataFrame, summary: d
         f"<h1>histodecon demo ({summary['mode']})</h1>",
         "<ul>" + "".join(f"<li>{html.escape(note)}</li>" for note in notes) + "</ul>",
         f"<h2>Leave-one-slide-out scores ({ENCODER} encoder)</h2>",
-        cv_summary.to_html(index=False, float_format="{:.3f}".format),
+        cv_summary.to_html(index=False, float_format="{:.3f}".format, na_rep="n/a"),
+        f"<p>CC n/a: {CONSTANT_PREDICTION}.</p>" if cv_summary["cc"].isna().any() else "",
         *(
             f"<h2>{html.escape(name)}</h2><p>{html.escape(caption)}</p><img src='{name}' width='900'>"
             for name, caption in figures

@@ -11,6 +11,15 @@ _PARAMS = {
     "overwrite": "overwrite\n    Replace an existing result under the same key; otherwise an existing key raises\n    :class:`KeyError`.",
     "key_added": "key_added\n    Key under which the result is written.",
     "device": "device\n    Torch device; ``None`` uses :attr:`histodecon.settings.device`.",
+    "image_key": (
+        "image_key\n    The image to read where several share the spots' coordinate system (e.g. squidpy's\n"
+        "    ``normalize_stains`` output beside the raw H&E); several without it are an error listing them."
+    ),
+    "stain_reference": (
+        "stain_reference\n    Normalise the patches to this stain reference with squidpy's transform, lazily (only the\n"
+        "    image chunks under the patches read): one from :func:`histodecon.pp.stain_reference`, its\n"
+        "    record, or a fitted model, to embed the way its training slides were. ``None``: as scanned."
+    ),
 }
 
 

@@ -65,26 +65,37 @@ def check_geometry(sample: str, mpp: object, spot_diameter_px: object) -> None:
             )
 
 
-def sample_geometry(data: SpatialData | AnnData, sample: str | None = None, *, table_key: str) -> SampleGeometry:
+def sample_geometry(
+    data: SpatialData | AnnData, sample: str | None = None, *, table_key: str, image_key: str | None = None
+) -> SampleGeometry:
     """The checked geometry of ``sample`` (``None``: the only sample of the table).
 
     From a SpatialData it is read from the elements; from a bare AnnData table, from the cache
-    ``uns['histodecon']['samples']`` written by :mod:`histodecon.io`.
+    ``uns['histodecon']['samples']`` written by :mod:`histodecon.io`. ``image_key`` chooses the
+    image among several sharing the spots' coordinate system (e.g. squidpy's
+    ``normalize_stains`` output beside the raw H&E); without it, several are an error listing them.
     """
     adata = get_table(data, table_key)
     sample = _one_sample(adata, sample)
     if isinstance(data, SpatialData):
-        geometry = _from_structure(data, adata, sample)
+        geometry = _from_structure(data, adata, sample, image_key)
     else:
         geometry = _from_cache(adata, sample)
     check_geometry(sample, geometry.mpp, geometry.spot_diameter_px)
     return geometry
 
 
-def sample_geometries(data: SpatialData | AnnData, *, table_key: str) -> dict[str, SampleGeometry]:
-    """The checked geometry of every sample of the table, in the order of :func:`samples_of`."""
+def sample_geometries(
+    data: SpatialData | AnnData, *, table_key: str, image_key: str | None = None
+) -> dict[str, SampleGeometry]:
+    """The checked geometry of every sample of the table, in the order of :func:`samples_of`.
+
+    ``image_key``: see :func:`sample_geometry`; with several samples, each must have that image.
+    """
     adata = get_table(data, table_key)
-    return {sample: sample_geometry(data, sample, table_key=table_key) for sample in samples_of(adata)}
+    return {
+        sample: sample_geometry(data, sample, table_key=table_key, image_key=image_key) for sample in samples_of(adata)
+    }
 
 
 def cache_record(geometry: SampleGeometry) -> dict:
@@ -187,7 +198,7 @@ def _from_cache(adata: AnnData, sample: str) -> SampleGeometry:
     )
 
 
-def _from_structure(sdata: SpatialData, adata: AnnData, sample: str) -> SampleGeometry:
+def _from_structure(sdata: SpatialData, adata: AnnData, sample: str, image_key: str | None) -> SampleGeometry:
     shapes_key = _shapes_of_sample(sdata, adata, sample)
     shapes = sdata.shapes[shapes_key]
     if "radius" not in shapes.columns:
@@ -195,7 +206,7 @@ def _from_structure(sdata: SpatialData, adata: AnnData, sample: str) -> SampleGe
             f"The spots {shapes_key!r} of sample {sample!r} are not circles (no `radius` column), so the spot size "
             f"is unknown. {SET_GEOMETRY}"
         )
-    image_key = _image_of_shapes(sdata, shapes, shapes_key, sample)
+    image_key = _image_of_shapes(sdata, shapes, shapes_key, sample, image_key)
     image = sdata.images[image_key]
     return SampleGeometry(
         sample=sample,
@@ -241,13 +252,23 @@ def _shapes_of_sample(sdata: SpatialData, adata: AnnData, sample: str) -> str:
     return names[0]
 
 
-def _image_of_shapes(sdata: SpatialData, shapes, shapes_key: str, sample: str) -> str:
+def _image_of_shapes(sdata: SpatialData, shapes, shapes_key: str, sample: str, image_key: str | None) -> str:
     pixels = Key.cs.pixels(sample)
     in_pixels = pixels in get_transformation(shapes, get_all=True)
     candidates = images_sharing(sdata, shapes, pixels if in_pixels else None)
+    where = f"coordinate system {pixels!r}" if in_pixels else "a coordinate system"
+    if image_key is not None:
+        if image_key not in sdata.images:
+            raise KeyError(f"No image {image_key!r} in the SpatialData; its images are {list(sdata.images)}.")
+        if image_key not in candidates:
+            raise ValueError(
+                f"The image {image_key!r} does not share {where} with the spots {shapes_key!r} of sample {sample!r}, "
+                f"so the spots cannot be placed on it; the images that do are {candidates}. Pass one of them as "
+                "`image_key=`."
+            )
+        return image_key
     if len(candidates) == 1:
         return candidates[0]
-    where = f"coordinate system {pixels!r}" if in_pixels else "a coordinate system"
     if not candidates:
         raise ValueError(
             f"No image shares {where} with the spots {shapes_key!r} of sample {sample!r}; its images are "
@@ -256,5 +277,5 @@ def _image_of_shapes(sdata: SpatialData, shapes, shapes_key: str, sample: str) -
         )
     raise ValueError(
         f"Several images share {where} with the spots {shapes_key!r} of sample {sample!r}: {candidates}. Say which "
-        "is the H&E image the spots were placed on: `hd.io.from_spatialdata(sdata, image_key=...)`."
+        f"to read: pass `image_key=` (e.g. `hd.tl.embed(sdata, image_key={candidates[-1]!r})`)."
     )

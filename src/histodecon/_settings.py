@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import importlib.util
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 #: Torch device types histodecon runs models on.
 _DEVICE_TYPES = ("cpu", "cuda", "mps")
@@ -22,7 +27,9 @@ class Settings:
         Default torch device for models (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``);
         ``None`` picks CUDA when available, else CPU.
     progress
-        Show progress bars for long loops (embedding, training, deconvolution).
+        Show progress bars for long loops (embedding, training, deconvolution), on a terminal
+        or in a notebook; output to a file or pipe gets none. The functions with bars take
+        ``progress=`` to choose for one call.
     """
 
     _verbosity: int = 2
@@ -108,3 +115,54 @@ class Settings:
 
 settings = Settings()
 logger = settings._logger
+
+
+@contextlib.contextmanager
+def progress_scope(progress: bool | None) -> Iterator[None]:
+    """:attr:`Settings.progress` set to ``progress`` for the duration (``None``: left as it is)."""
+    if progress is None:
+        yield
+        return
+    if not isinstance(progress, bool):
+        raise TypeError(
+            f"`progress` must be True, False or None (the `hd.settings.progress` switch), got {progress!r}."
+        )
+    shown, settings.progress = settings.progress, progress
+    try:
+        yield
+    finally:
+        settings.progress = shown
+
+
+def progress_option(func: Callable) -> Callable:
+    """Run ``func`` with :attr:`Settings.progress` taken from its keyword ``progress=`` (``None``: the setting)."""
+
+    @functools.wraps(func)
+    def with_progress(*args: Any, progress: bool | None = None, **kwargs: Any) -> Any:
+        with progress_scope(progress):
+            return func(*args, progress=progress, **kwargs)
+
+    return with_progress
+
+
+def progress_bar(iterable: Any = None, **kwargs: Any):
+    """A tqdm bar, shown when :attr:`Settings.progress` is on and there is somewhere to draw it.
+
+    In a Jupyter kernel with ipywidgets it is a widget; elsewhere tqdm's text bar, which draws
+    only on a terminal (``disable=None``): output piped to a file gets no line per refresh.
+    """
+    if _in_notebook() and importlib.util.find_spec("ipywidgets") is not None:
+        from tqdm.notebook import tqdm
+    else:
+        from tqdm.std import tqdm
+    return tqdm(iterable, disable=None if settings.progress else True, **kwargs)
+
+
+def _in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (where stderr is not a terminal, but widgets draw)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and "IPKernelApp" in shell.config

@@ -53,13 +53,16 @@ def get_table(data: Any, table_key: str = Key.tables.table) -> AnnData:
     return tables[table_key]
 
 
-def check_overwrite(container: Mapping, key: str, where: str, overwrite: bool, *, can_rename: bool = True) -> None:
+def check_overwrite(
+    container: Mapping, key: str, where: str, overwrite: bool, *, can_rename: bool = True, option: str = "key_added"
+) -> None:
     """Refuse to replace ``container[key]`` unless ``overwrite=True``.
 
-    ``can_rename=False`` for functions without ``key_added=``, so the message does not offer it.
+    The message offers the caller's ``option`` (the parameter that names the result) to write
+    under another name; ``can_rename=False`` for functions without one.
     """
     if key in container and not overwrite:
-        rename = ", or `key_added=` to write under another name" if can_rename else ""
+        rename = f", or `{option}=` to write under another name" if can_rename else ""
         raise KeyError(f"`{where}[{key!r}]` already exists. Pass `overwrite=True` to replace it{rename}.")
 
 
@@ -97,7 +100,8 @@ def samples_of(adata: AnnData) -> list[str]:
     """The samples of a table, in the order of ``obs[Key.obs.sample]`` categories."""
     if Key.obs.sample not in adata.obs:
         raise KeyError(
-            f"The table has no `obs[{Key.obs.sample!r}]` column. Read slides with `hd.io`, adopt a SpatialData with "
+            f"The table has no `obs[{Key.obs.sample!r}]` column (its obs columns are {list(adata.obs.columns)}). Read "
+            "slides with `hd.io`, adopt a SpatialData with "
             f"`hd.io.from_spatialdata(sdata)`, or set `adata.obs[{Key.obs.sample!r}]` to the section of each spot."
         )
     return list(adata.obs[Key.obs.sample].astype("category").cat.categories)
@@ -284,10 +288,10 @@ def cell_type_frame(adata: AnnData, key: str, *, missing: str) -> pd.DataFrame:
 
     A DataFrame keeps its columns (copied); an array, dense or sparse, gets columns ``"0"``,
     ``"1"``, ... Non-numeric columns are refused; ``missing`` is the :class:`KeyError` message
-    when there is no ``obsm[key]`` (it names the step that writes it).
+    when there is no ``obsm[key]`` (it names the step that writes it), followed by the keys present.
     """
     if key not in adata.obsm:
-        raise KeyError(missing)
+        raise KeyError(f"{missing} Its obsm keys are {list(adata.obsm)}.")
     values = adata.obsm[key]
     if isinstance(values, pd.DataFrame):
         frame = values.set_axis(values.columns.astype(str), axis=1)

@@ -154,3 +154,15 @@ def test_her2st_tissue_spots_separate_from_glass(encoder, her2st_dir):
     assert all(np.isfinite(values).all() for values in [*tissue.values(), *glass.values()])
     for name in ["tissue_fraction", "od_mean", "h_mean", "h_q90", "gradient_mean_x1", "blob_density_0.6"]:
         assert _auc(tissue[name], glass[name]) > 0.9, name
+
+
+def test_embedding_is_the_module_on_the_spot_patches(encoder):
+    """``hd.tl.embed`` writes the module's output on ``hd.pp.spot_patches`` cut at the entry's patch field."""
+    sdata = hd.datasets.synthetic(n_spots=12, seed=3)
+    hd.tl.embed(sdata, models=["handcrafted"], device="cpu")
+    field_spots = hd.encoders.get("handcrafted").field_spots
+    mpp = field_spots * 55 / SIZE  # the synthetic slide has Visium's 55 um spots
+    assert sdata.tables["table"].uns["histodecon"]["embeddings"]["handcrafted"]["patch_mpp"] == {"synthetic": mpp}
+    patches = hd.pp.spot_patches(sdata, size=SIZE, mpp=mpp)[:]
+    expected = encoder(torch.from_numpy(patches)).numpy()
+    np.testing.assert_allclose(sdata.tables["table"].obsm["X_handcrafted"], expected, rtol=1e-5, atol=1e-6)

@@ -116,7 +116,7 @@ def test_missing_explicit_file(tiny, tmp_path):
 
 def test_missing_weights_say_where_to_put_them(tmp_path, monkeypatch):
     monkeypatch.setenv(Key.env.weights_dir, str(tmp_path))
-    with pytest.raises(FileNotFoundError) as error:
+    with pytest.raises(FileNotFoundError, match="No weights found for encoder 'uni'") as error:
         hd.encoders.load("uni")
     message = str(error.value)
     assert "https://huggingface.co/MahmoodLab/UNI" in message
@@ -193,3 +193,44 @@ def test_an_empty_exception_message_is_reported_not_raised_again(tmp_path):
         read_state_dict(tmp_path / "tiny.bin")
     assert _first_line(EOFError()) == "EOFError"
     assert _first_line(RuntimeError("\nsecond line")) == "RuntimeError: second line"
+
+
+def _refuse_downloads(monkeypatch):
+    """Fail the test if the Hub is asked for a file (a cache lookup, ``local_files_only=True``, is allowed)."""
+    import huggingface_hub
+
+    real = huggingface_hub.hf_hub_download
+
+    def download(*args, local_files_only=False, **kwargs):
+        assert local_files_only, "the Hub was asked although it is offline"
+        return real(*args, local_files_only=True, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+
+
+def test_missing_weights_offline_fail_without_asking_the_hub(tiny, monkeypatch):
+    # HF_HUB_OFFLINE=1 (the autouse fixture): the cache is read, the Hub never asked.
+    # Mutation: dropping the offline check in hub_reachable makes the download run and the assert fire.
+    _refuse_downloads(monkeypatch)
+    monkeypatch.setattr("socket.create_connection", lambda *a, **k: pytest.fail("the Hub's host was contacted"))
+    with pytest.raises(FileNotFoundError, match="No weights found for encoder 'tiny'"):
+        hd.encoders.load("tiny", device="cpu")
+
+
+def test_unreachable_hub_fails_fast_without_retries(tiny, monkeypatch):
+    """Online settings but no route to the Hub (no network): no download attempt, no retries."""
+    import huggingface_hub.constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    contacted = []
+
+    def no_route(address, timeout=None):
+        contacted.append(address)
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr("socket.create_connection", no_route)
+    _refuse_downloads(monkeypatch)  # mutation: calling hf_hub_download without the reachability check fails here
+    with pytest.raises(FileNotFoundError, match="No weights found for encoder 'tiny'"):
+        hd.encoders.load("tiny", device="cpu")
+    assert contacted == [("huggingface.co", 443)]

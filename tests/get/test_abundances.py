@@ -144,7 +144,8 @@ def test_anndata_input_and_errors(sdata):
     with pytest.raises(KeyError, match="hd.tl.predict"):
         hd.get.abundances(sdata, "missing")
     hd.get.abundances(sdata, table_key_added="pred_abund")
-    with pytest.raises(KeyError, match="overwrite=True"):
+    # the hint names this function's parameter (mutation: the default `key_added=` hint fails it)
+    with pytest.raises(KeyError, match=r"overwrite=True`.*, or `table_key_added=` to write under another name"):
         hd.get.abundances(sdata, table_key_added="pred_abund")
     hd.get.abundances(sdata, "abund", table_key_added="pred_abund", overwrite=True)
     assert sdata.tables["pred_abund"].var_names.tolist() == table.obsm["abund"].columns.tolist()

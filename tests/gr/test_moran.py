@@ -270,3 +270,31 @@ def test_her2st_serial_sections_colocalise_alike(her2st_dir):
     assert serial["cosine"] > 0.85 and serial["pearson"] > 0.85
     assert other["cosine"] < serial["cosine"] - 0.3
     assert R["C2"]["R"].loc["Epithelial", "T-cells"] < 0 and R["C2"]["pval"].loc["Epithelial", "Epithelial"] < 1e-6
+
+
+def test_nan_spots_named_or_omitted_with_their_graph_edges(caplog):
+    adata = _slide(samples=("a", "b"))
+    abund = adata.obsm["abund"].copy()
+    holes = [3, 40, 230]  # two spots of sample a, one of b
+    abund.iloc[holes[:2], 1] = np.nan
+    abund.iloc[holes[2], 2] = np.inf
+    adata.obsm["holes"] = abund
+    named = [adata.obs_names[i] for i in holes]
+    with pytest.raises(ValueError, match=r"3 spots have missing .* \(columns \['type1', 'type2'\]\), e\.g\. \['a_3'"):
+        hd.gr.moran_r(adata, key="holes")
+    with caplog.at_level("WARNING", logger="histodecon"):
+        hd.gr.moran_r(adata, key="holes", nan_policy="omit", n_perms=30)
+    assert "Omitting 3 spots" in caplog.text and all(name in caplog.text for name in named)
+    # the reference: the same table without those spots, whose graph (obsp) is sliced alike;
+    # mutation: keeping the omitted spots in W (or dropping only the data rows) changes R and z
+    kept = adata[~adata.obs_names.isin(named)].copy()
+    hd.gr.moran_r(kept, key="holes", n_perms=30, overwrite=True)
+    omitted, reference = _result(adata, "holes_moranR"), _result(kept, "holes_moranR")
+    for name in ("R", "z", "pval", "pval_perm"):
+        pd.testing.assert_frame_equal(omitted[name], reference[name])
+    assert omitted["params"]["n_spots"] == adata.n_obs - 3 and omitted["params"]["n_omitted"] == 3
+    # spots of another sample do not count when one sample is analysed
+    hd.gr.moran_r(adata, key="holes", sample="b", nan_policy="omit", key_added="b_only")
+    assert _result(adata, "b_only")["params"]["n_omitted"] == 1
+    with pytest.raises(ValueError, match="`nan_policy` must be 'raise' or 'omit'"):
+        hd.gr.moran_r(adata, key="holes", nan_policy="drop", key_added="other")

@@ -111,10 +111,18 @@ def test_overwrite_copy_and_spatialdata():
     assert sdata.tables["table"].obsp["rbf_connectivities"].sum() == pytest.approx(3)
 
 
-@pytest.mark.parametrize("kwargs", [{"cutoff": 0}, {"cutoff": 1.0}, {"length_scale_um": -5}, {"length_scale_px": 0}])
-def test_bad_parameters(kwargs):
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"cutoff": 0}, "`cutoff` must lie strictly between 0 and 1, got 0;"),
+        ({"cutoff": 1.0}, "`cutoff` must lie strictly between 0 and 1, got 1.0;"),
+        ({"length_scale_um": -5}, "`length_scale_um` must be a positive number .* got -5"),
+        ({"length_scale_px": 0}, "`length_scale_px` must be a positive number .* got 0"),
+    ],
+)
+def test_bad_parameters(kwargs, message):
     adata = _three_spots()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=message):
         hd.gr.rbf_graph(adata, **kwargs)
     assert "rbf_connectivities" not in adata.obsp
 

@@ -1,7 +1,12 @@
+import anndata
+import dask.array as da
 import numpy as np
+import pandas as pd
 import pytest
+import spatialdata
 import tifffile
 from PIL import Image
+from spatialdata.transformations import get_transformation
 
 import histodecon as hd
 from histodecon._utils import sample_info
@@ -34,7 +39,16 @@ def slide_tiff(tmp_path_factory):
     return path, image
 
 
-def test_pseudo_spots_cover_the_tissue_only(slide_tiff):
+def _expected_grid(min_fraction, *, strict, columns=(300, 1100), rows=(200, 700)):
+    """(row, col) of the 40 px grid squares whose overlap with a rectangle is above (or at) ``min_fraction``."""
+    centre_x, centre_y = np.arange(32) * 40 + 20, np.arange(22) * 40 + 20
+    overlap_x = np.clip(np.minimum(centre_x + 20, columns[1]) - np.maximum(centre_x - 20, columns[0]), 0, None)
+    overlap_y = np.clip(np.minimum(centre_y + 20, rows[1]) - np.maximum(centre_y - 20, rows[0]), 0, None)
+    fraction = np.outer(overlap_y, overlap_x) / 40**2
+    return set(map(tuple, np.argwhere(fraction > min_fraction if strict else fraction >= min_fraction)))
+
+
+def test_pseudo_spots_cover_the_tissue_only(slide_tiff, monkeypatch):
     path, image = slide_tiff
     sdata = hd.io.read_slide(path, mpp=MPP, spot_diameter_um=SPOT)
     table = sdata.tables["table"]
@@ -42,21 +56,60 @@ def test_pseudo_spots_cover_the_tissue_only(slide_tiff):
     info = sample_info(table)
     assert info["mpp"] == MPP and info["spot_diameter_px"] == SPOT
     x, y = table.obsm["spatial"].T
-    # grid centres at 20, 60, 100, ...; a spot is kept when at least half of its 40 px square is tissue
     assert ((x >= 300 - 1) & (x <= 1100 + 1) & (y >= 200 - 1) & (y <= 700 + 1)).all()
-    centre_x, centre_y = np.arange(32) * 40 + 20, np.arange(22) * 40 + 20
-    overlap_x = np.clip(np.minimum(centre_x + 20, 1100) - np.maximum(centre_x - 20, 300), 0, None)
-    overlap_y = np.clip(np.minimum(centre_y + 20, 700) - np.maximum(centre_y - 20, 200), 0, None)
-    expected = np.argwhere(np.outer(overlap_y, overlap_x) / 40**2 >= 0.5)  # (row, col); drops half-half corners
-    got = table.obs[["array_row", "array_col"]].to_numpy()
-    assert sorted(map(tuple, got)) == sorted(map(tuple, expected))
+    # a spot is kept when at least half of its 40 px square is on the detected tissue: all spots more than half on
+    # the rectangle, none less; those exactly half on it (centre on the edge) go either way with the mask's edge
+    got = set(map(tuple, table.obs[["array_row", "array_col"]].to_numpy()))
+    assert _expected_grid(0.5, strict=True) <= got <= _expected_grid(0.5, strict=False)
     assert table.obs_names[0] == f"{table.obs['array_col'].iloc[0]}x{table.obs['array_row'].iloc[0]}"
+    # the detected mask is the rectangle (on 2 x 2 px blocks: the image is over MAX_MASK_PIXELS)
+    mask = np.asarray(sdata.labels["patient7_tissue"]) > 0
+    truth = np.zeros((450, 650), bool)
+    truth[100:350, 150:550] = True
+    assert mask.shape == truth.shape and (mask != truth).mean() < 0.002
     # patches come from the lazily read TIFF and match the image
     patches = hd.pp.spot_patches(sdata, size=SPOT)
     cx, cy = int(x[5]), int(y[5])
     np.testing.assert_array_equal(patches[5], image[cy - 20 : cy + 20, cx - 20 : cx + 20])
+    # filter_background reuses the mask read_slide wrote: no second detection
+    calls = []
+    monkeypatch.setattr("histodecon._tissue.detect", lambda *a: calls.append(a))
     hd.pp.filter_background(sdata, size=SPOT)
-    assert table.obs["in_tissue"].all()
+    assert calls == [] and table.obs["in_tissue"].all()
+
+
+def test_own_mask_is_used_and_kept(slide_tiff, monkeypatch):
+    _, image = slide_tiff
+    monkeypatch.setattr("histodecon._tissue.detect", lambda *a: pytest.fail("detected despite an own mask"))
+    own = np.zeros((225, 325), bool)  # a quarter of the image's resolution: only the left half of the rectangle
+    own[50:175, 75:175] = True
+    sdata = hd.io.read_slide(image, mpp=MPP, spot_diameter_um=SPOT, tissue=own)
+    got = set(map(tuple, sdata.tables["table"].obs[["array_row", "array_col"]].to_numpy()))
+    assert got == _expected_grid(0.5, strict=False, columns=(300, 700))  # half-on-edge spots kept, exactly
+    assert len(got) == 9 * 12 + 2 * 12 + 9  # inside, halves on the left / right edges, halves on the bottom edge
+    np.testing.assert_array_equal(np.asarray(sdata.labels["slide_tissue"]) > 0, own)
+
+
+def test_tissue_mask_survives_zarr_and_is_reused(slide_tiff, tmp_path, monkeypatch):
+    _, image = slide_tiff
+    sdata = hd.io.read_slide(image, mpp=MPP, spot_diameter_um=SPOT)
+    sdata.write(tmp_path / "slide.zarr")
+    back = spatialdata.read_zarr(tmp_path / "slide.zarr")
+    np.testing.assert_array_equal(np.asarray(back.labels["slide_tissue"]), np.asarray(sdata.labels["slide_tissue"]))
+    # registered under the image: a 2 x 2 px block per label pixel, in pixels and micrometres
+    to_pixels = get_transformation(back.labels["slide_tissue"], "slide").to_affine_matrix(("x", "y"), ("x", "y"))
+    np.testing.assert_allclose(np.diag(to_pixels), [2, 2, 1])
+    calls = []
+    monkeypatch.setattr("histodecon._tissue.detect", lambda *a: calls.append(a))
+    before = hd.pp.filter_background(sdata, size=SPOT, inplace=False)
+    after = hd.pp.filter_background(back, size=SPOT, inplace=False)
+    assert calls == []
+    pd.testing.assert_frame_equal(before, after)
+    back.tables["table"].obs = back.tables["table"].obs.join(after.drop(columns="in_tissue"))
+    back.tables["table"].write_h5ad(tmp_path / "table.h5ad")
+    np.testing.assert_array_equal(
+        anndata.read_h5ad(tmp_path / "table.h5ad").obs["tissue_fraction"], after["tissue_fraction"]
+    )
 
 
 def test_array_input_spacing_and_alpha(slide_tiff):
@@ -100,27 +153,49 @@ def test_bad_input(slide_tiff, tmp_path):
     with pytest.raises(ValueError, match="max_glass_fraction"):
         hd.io.read_slide(image, mpp=0.5, max_glass_fraction=2)
     with pytest.raises(ValueError, match="No pseudo-spot"):
-        hd.io.read_slide(np.full((300, 300, 3), 250, np.uint8), mpp=0.5)
+        hd.io.read_slide(image, mpp=0.5, tissue=np.zeros((90, 130), bool))
+    with pytest.raises(ValueError, match="does not have the shape of image"):
+        hd.io.read_slide(image, mpp=0.5, tissue=np.ones((90, 90), bool))
+    with pytest.raises(ValueError, match="2-D boolean or integer"):
+        hd.io.read_slide(image, mpp=0.5, tissue=np.ones((90, 130)))
 
 
-def test_mask_resolution_uses_the_coarsest_stored_level_then_block_means():
-    # a spot may span down to 4 px on a stored level; block means bring it to about 8 px
-    from histodecon.io._slide import _glass_lowres
-    from histodecon.pp._background import glass_mask
+def test_mask_is_detected_on_the_coarsest_level_that_is_large_enough(monkeypatch):
+    # level 0 must not be read: level 2 (225 x 325 px) is above the (lowered) pixel budget, then every 2nd pixel
+    from histodecon import _tissue
 
     image = np.moveaxis(_tissue_image(), -1, 0)
-    image[:, 1:3, 1:3] = 100  # a dark speck on the glass: it makes its 3 x 3 block mean non-glass
-    levels = [image, image[:, ::2, ::2], image[:, ::4, ::4]]
-    glass, sy, sx = _glass_lowres(levels, 40.0, 220)  # spot spans 10 px on level 2
-    assert (sy, sx) == (4.0, 4.0)
-    np.testing.assert_array_equal(glass, glass_mask(np.moveaxis(levels[2], 0, -1)))
-    glass, sy, sx = _glass_lowres(levels, 72.0, 220)  # level 2, then 2 x 2 block means
-    assert (sy, sx) == (8.0, 8.0) and glass.shape == (112, 162)
-    means = levels[2][:, :224, :324].reshape(3, 112, 2, 162, 2).mean(axis=(2, 4))
-    np.testing.assert_array_equal(glass, (means > 220).all(axis=0))
-    glass, sy, sx = _glass_lowres([image], 28.0, 220)  # no pyramid: 3 x 3 block means of the full image
-    assert glass.shape == (300, 433) and (sy, sx) == (3.0, 3.0)
-    assert not glass[0, 0] and glass[0, 5] and not glass[100, 150]
+    unreadable = da.zeros(image.shape, np.uint8, chunks=256).map_blocks(
+        lambda block: pytest.fail("the full-resolution level was read"), meta=np.empty((0, 0, 0), np.uint8)
+    )
+    levels = [unreadable, image[:, ::2, ::2], image[:, ::4, ::4]]
+    monkeypatch.setattr(_tissue, "MAX_MASK_PIXELS", 50_000)
+    small, size_y, size_x = _tissue._subsample(levels, _tissue.MAX_MASK_PIXELS)
+    assert (size_y, size_x) == (8.0, 8.0) and small.shape == (3, 113, 163)
+    rows, cols = np.minimum(np.arange(113) * 2 + 1, 224), np.minimum(np.arange(163) * 2 + 1, 324)
+    np.testing.assert_array_equal(small, levels[2][:, rows][:, :, cols])
+    labels, size_y, size_x = _tissue.detect(levels, "s")
+    # rows 200-700, columns 300-1100 are rows 25-87.5, columns 37.5-137.5 in 8 px blocks: all tissue inside, glass
+    # outside, the blocks on the edges either way
+    assert (size_y, size_x) == (8.0, 8.0) and labels.shape == (113, 163)
+    assert (labels[26:87, 39:137] > 0).all()
+    outside = np.ones(labels.shape, bool)
+    outside[24:89, 36:139] = False
+    assert (labels[outside] == 0).all()
+
+
+def test_an_image_without_glass_at_its_corners_is_all_tissue():
+    from histodecon._tissue import detect
+
+    rng = np.random.default_rng(0)
+    inside = (np.array([205, 130, 185]) + rng.integers(-25, 25, (300, 400, 3))).astype(np.uint8)
+    inside[100:200, 150:250] = 240  # a bright hole, which is glass when the corners are glass
+    labels, _, _ = detect([np.moveaxis(inside, -1, 0)], "crop")
+    assert (labels == 1).all()
+    framed = np.full((500, 600, 3), 243, np.uint8)
+    framed[100:400, 100:500] = inside
+    labels, _, _ = detect([np.moveaxis(framed, -1, 0)], "framed")
+    assert (labels[:100] == 0).all() and (labels[150:350, 150:250] > 0).all() and (labels[205:295, 255:345] == 0).all()
 
 
 def test_hex_grid_is_visium_like_by_default():

@@ -8,7 +8,8 @@ from spatialdata.transformations import get_transformation
 
 import histodecon as hd
 from histodecon._utils import sample_info
-from histodecon.io._wsi import openslide_mpp, read_openslide
+from histodecon.io._image import read_openslide
+from histodecon.io._wsi import openslide_mpp
 
 APERIO_DESCRIPTION = (
     "Aperio Image Library v12.0.15 \r\n1300x900 [0,0 1300x900] (256x256) RAW/RGB|AppMag = 40"
@@ -116,3 +117,27 @@ def test_missing_metadata_raises_the_clear_error(tmp_path, image):
             hd.io.read_slide(tmp_path / name)
     with pytest.raises(ValueError, match="array carries no µm per pixel: pass `mpp=`"):
         hd.io.read_slide(image)
+
+
+def test_image_and_wsi_modules_do_not_import_each_other():
+    """Pixels (``_image``) come before metadata (``_wsi``): one direction, function-level imports included."""
+    import ast
+    from pathlib import Path
+
+    import histodecon.io
+
+    folder = Path(histodecon.io.__file__).parent
+
+    def imported(name: str) -> set[str]:
+        tree = ast.parse((folder / f"{name}.py").read_text())
+        from_imports = {
+            f"histodecon.io.{node.module or ''}" if node.level else node.module
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom)
+        }
+        return from_imports | {
+            alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+        }
+
+    assert "histodecon.io._image" in imported("_wsi")
+    assert not {module for module in imported("_image") if module.startswith("histodecon.io")}

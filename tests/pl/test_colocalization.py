@@ -40,7 +40,7 @@ def _heatmaps(fig):
 
 def test_panels_order_and_shared_scale(adata, tmp_path):
     path = tmp_path / "coloc.png"
-    fig = hd.pl.colocalization(adata, titles=["truth", "predicted"], save=path)
+    fig = hd.pl.colocalization(adata, titles=["truth", "predicted"], save=path, return_fig=True)
     heatmaps = _heatmaps(fig)
     assert len(heatmaps) == 2
     images = [ax.get_images()[0] for ax in heatmaps]
@@ -73,7 +73,7 @@ def test_nan_is_grey_and_annotations(adata):
     adata.obsm["pred_abund"] = pred
     with pytest.warns(UserWarning, match="fat"):
         hd.gr.moran_r(adata, key="pred_abund", overwrite=True)
-    fig = hd.pl.colocalization(adata, annotate=True)
+    fig = hd.pl.colocalization(adata, annotate=True, return_fig=True)
     image = _heatmaps(fig)[1].get_images()[0]
     assert image.get_cmap().get_bad() == pytest.approx(to_rgba("lightgrey"))
     texts = [t.get_text() for t in _heatmaps(fig)[0].texts]
@@ -82,7 +82,7 @@ def test_nan_is_grey_and_annotations(adata):
 
 def test_accepts_uns_keys_and_reports_missing(adata):
     adata.uns["mine"] = adata.uns.pop("pred_abund_moranR")
-    fig = hd.pl.colocalization(adata, keys=["abund", "mine"])
+    fig = hd.pl.colocalization(adata, keys=["abund", "mine"], return_fig=True)
     assert len(_heatmaps(fig)) == 2
     with pytest.raises(KeyError, match=r"hd.gr.moran_r\(data, key='pred_abund'\)"):
         hd.pl.colocalization(adata)
@@ -125,7 +125,7 @@ def squidpy_slide():
 def test_squidpy_panels_matched_by_name_with_one_scale_per_kind(squidpy_slide):
     adata = squidpy_slide
     keys = ["abund", "dominant_nhood_enrichment", "dominant_co_occurrence", "dominant_interactions"]
-    fig = hd.pl.colocalization(adata, keys=keys, distance=280)
+    fig = hd.pl.colocalization(adata, keys=keys, distance=280, return_fig=True)
     heatmaps = _heatmaps(fig)
     assert len(heatmaps) == 4
     order, _ = cluster_order(adata.uns["abund_moranR"]["R"], "average")
@@ -159,7 +159,7 @@ def test_cluster_panel_lacking_a_type_is_grey_and_unknown_labels_refused(squidpy
     merged = adata.obs["dominant"].astype(str).replace("tumour", "lymphocyte")
     adata.obs["merged"] = merged.astype("category")
     sq.gr.nhood_enrichment(adata, cluster_key="merged", connectivity_key="rbf", n_perms=20, seed=0)
-    fig = hd.pl.colocalization(adata, keys=["abund", "merged_nhood_enrichment"])
+    fig = hd.pl.colocalization(adata, keys=["abund", "merged_nhood_enrichment"], return_fig=True)
     z = _heatmaps(fig)[1].get_images()[0].get_array()
     types = [t.get_text() for t in _heatmaps(fig)[1].get_xticklabels()]
     tumour = types.index("tumour")
@@ -182,10 +182,10 @@ def test_scanpy_style_arguments(adata, tmp_path, monkeypatch):
     import scanpy as sc
 
     fig, axes = plt.subplots(1, 2)
-    drawn = hd.pl.colocalization(adata, ax=axes, return_fig=False)
-    assert drawn == list(axes) and _heatmaps(fig) == list(axes)
     shown = []
     monkeypatch.setattr(plt, "show", lambda: shown.append(True))
+    drawn = hd.pl.colocalization(adata, ax=axes)  # into the caller's Axes: not shown, the Axes returned
+    assert drawn == list(axes) and _heatmaps(fig) == list(axes) and shown == []
     assert hd.pl.colocalization(adata, show=True) is None and shown == [True]
     figdir, file_format = sc.settings.figdir, sc.settings.file_format_figs
     sc.settings.figdir, sc.settings.file_format_figs = tmp_path, "png"

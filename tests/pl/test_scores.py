@@ -40,7 +40,7 @@ def test_per_slide_means_over_cell_types(cv_results):
 
 def test_boxes_points_and_file(cv_results, tmp_path):
     path = tmp_path / "scores.png"
-    fig = hd.pl.scores(cv_results, order=["conch+uni", "uni", "default"], save=path)
+    fig = hd.pl.scores(cv_results, order=["conch+uni", "uni", "default"], save=path, return_fig=True)
     assert len(fig.axes) == 2
     table = per_slide(cv_results, ["cc", "l1"])
     for ax, metric in zip(fig.axes, ["cc", "l1"], strict=True):
@@ -58,7 +58,8 @@ def test_boxes_points_and_file(cv_results, tmp_path):
 
 def test_into_given_axes_and_errors(cv_results):
     fig, ax = plt.subplots()
-    assert hd.pl.scores(cv_results, metrics="cc", ax=ax) is fig
+    assert hd.pl.scores(cv_results, metrics="cc", ax=ax) == [ax]
+    assert hd.pl.scores(cv_results, metrics="cc", ax=ax, return_fig=True) is fig
     assert len(ax.collections) > 0
     with pytest.raises(ValueError, match="one Axes per metric"):
         hd.pl.scores(cv_results, ax=ax)
@@ -71,12 +72,12 @@ def test_into_given_axes_and_errors(cv_results):
 def test_cross_validate_result_draws_its_summary(cv_results):
     summary = per_slide(cv_results, ["cc", "l1"]).assign(n_spots=100)
     result = CVResult(scores=cv_results, summary=summary)
-    fig = hd.pl.scores(result)
+    fig = hd.pl.scores(result, return_fig=True)
     for ax, metric in zip(fig.axes, ["cc", "l1"], strict=True):
         points = np.concatenate([c.get_offsets()[:, 1] for c in ax.collections if len(c.get_offsets())])
         np.testing.assert_allclose(np.sort(points), np.sort(summary[metric].to_numpy()))
     # The per-cell-type table gives the same per-slide points.
-    from_scores = hd.pl.scores(cv_results)
+    from_scores = hd.pl.scores(cv_results, return_fig=True)
     for a, b in zip(fig.axes, from_scores.axes, strict=True):
         offsets = [np.concatenate([c.get_offsets() for c in ax.collections if len(c.get_offsets())]) for ax in (a, b)]
         np.testing.assert_allclose(np.sort(offsets[0][:, 1]), np.sort(offsets[1][:, 1]))
@@ -97,7 +98,7 @@ def with_baselines():
 
 
 def test_baselines_are_drawn_beside_the_regressor(with_baselines):
-    fig = hd.pl.scores(with_baselines)
+    fig = hd.pl.scores(with_baselines, return_fig=True)
     table = per_slide(with_baselines, ["cc", "l1"])
     for ax, metric in zip(fig.axes, ["cc", "l1"], strict=True):
         assert [t.get_text() for t in ax.get_legend().texts] == ["mlp", "mean", "ridge"]
@@ -124,12 +125,12 @@ def test_baselines_are_drawn_beside_the_regressor(with_baselines):
 
 
 def test_models_choose_which_to_draw(with_baselines):
-    fig = hd.pl.scores(with_baselines, metrics="l1", models=["ridge", "mlp"])
+    fig = hd.pl.scores(with_baselines, metrics="l1", models=["ridge", "mlp"], return_fig=True)
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_legend().texts] == ["ridge", "mlp"]
     points = np.concatenate([c.get_offsets()[:, 1] for c in ax.collections if len(c.get_offsets())])
     assert len(points) == 2 * 2 * len(SLIDES)
-    one = hd.pl.scores(with_baselines, metrics="l1", models="mlp")
+    one = hd.pl.scores(with_baselines, metrics="l1", models="mlp", return_fig=True)
     assert one.axes[0].get_legend() is None and len(one.axes[0].collections) > 0
     with pytest.raises(ValueError, match=r"`models` names \['lasso'\]"):
         hd.pl.scores(with_baselines, models=["mlp", "lasso"])

@@ -25,7 +25,9 @@ def _panels(fig):
 def test_grid_shared_column_scales_and_file(sdata, tmp_path):
     path = tmp_path / "spatial.png"
     types = ["tumour", "lymphocyte", "fibroblast"]
-    fig = hd.pl.spatial_abundance(sdata, types, titles=["truth", "predicted"], max_image_px=400, save=path)
+    fig = hd.pl.spatial_abundance(
+        sdata, types, titles=["truth", "predicted"], max_image_px=400, save=path, return_fig=True
+    )
     panels = np.array(_panels(fig)).reshape(2, 3)
     assert sum(ax.get_label() == "<colorbar>" for ax in fig.axes) == 3  # one per cell type
     table = sdata.tables["table"]
@@ -54,7 +56,7 @@ def test_multiscale_image_is_aligned_with_spots(slide_from_image):
     sdata = slide_from_image(image, centres, sample="big", mpp=1.0, spot_diameter_px=50)
     table = sdata.tables["table"]
     table.obsm["abund"] = pd.DataFrame({"x": [1.0, 2.0, 3.0]}, index=table.obs_names)
-    fig = hd.pl.spatial_abundance(sdata, "x", keys="abund", max_image_px=120)
+    fig = hd.pl.spatial_abundance(sdata, "x", keys="abund", max_image_px=120, return_fig=True)
     (panel,) = _panels(fig)
     drawn = panel.get_images()[0]
     pixels = drawn.get_array()
@@ -75,7 +77,7 @@ def test_spots_without_a_prediction_are_grey_and_leave_the_scale_alone(sdata):
     table.obsm["pred_abund"] = table.obsm["pred_abund"].copy()
     table.obsm["pred_abund"].iloc[:5, 0] = np.nan  # e.g. spots whose embeddings were NaN
     slide = SpatialData(images=dict(sdata.images), shapes=dict(sdata.shapes), tables={"table": table})
-    fig = hd.pl.spatial_abundance(slide, "tumour", max_image_px=200)
+    fig = hd.pl.spatial_abundance(slide, "tumour", max_image_px=200, return_fig=True)
     spots = [next(c for c in ax.collections if isinstance(c, EllipseCollection)) for ax in _panels(fig)]
     finite = np.concatenate([table.obsm["abund"]["tumour"], table.obsm["pred_abund"]["tumour"].iloc[5:]])
     assert spots[1].norm.vmin == 0 and spots[1].norm.vmax == pytest.approx(finite.max())
@@ -104,7 +106,7 @@ def test_scanpy_style_arguments(sdata):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 2)
-    drawn = hd.pl.spatial_abundance(sdata, ["tumour", "fibroblast"], ax=axes, return_fig=False, max_image_px=200)
+    drawn = hd.pl.spatial_abundance(sdata, ["tumour", "fibroblast"], ax=axes, max_image_px=200)
     assert drawn == list(axes.ravel())
     assert [ax.get_title() for ax in drawn[:2]] == ["tumour", "fibroblast"]
     spots = next(c for c in drawn[3].collections if isinstance(c, EllipseCollection))

@@ -8,6 +8,7 @@ from PIL import Image
 from spatialdata import SpatialData
 
 import histodecon as hd
+from histodecon._pyramid import halve, halvings
 from histodecon.pp import _patches
 
 
@@ -73,7 +74,7 @@ def test_indexing_and_batches_agree(slide):
         np.testing.assert_array_equal(batch, everything[index])
         seen.extend(index)
     assert seen == list(range(len(patches)))
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match="out of bounds"):
         patches[len(patches)]
     with pytest.raises(ValueError, match="batch_size"):
         next(patches.batches(0))
@@ -215,3 +216,116 @@ def test_a_slide_cropped_by_bounding_box_query_reads_the_same_patches(make_slide
 
     adata = hd.get.abundances(crop, "abund")  # scanpy's convention: centres in pixels of the image it carries
     np.testing.assert_allclose(adata.obsm["spatial"], crop.tables["table"].obsm["spatial"] - [600, 500])
+
+
+def _textured(height, width, seed=0):
+    """Smooth tissue-like colour plus pixel noise, so any change of filter or alignment shows in the patches."""
+    noise = np.random.default_rng(seed).integers(-30, 31, (3, height, width))
+    return np.clip(_smooth_image(height, width).astype(int) + noise, 0, 255).astype(np.uint8)
+
+
+def _single_level(sdata, name="S_image"):
+    """The slide with its image as one level: as an image stored without a pyramid."""
+    levels = _patches.image_levels(sdata.images[name])
+    flat = spatialdata.models.Image2DModel.parse(
+        levels[0].data,
+        dims=("c", "y", "x"),
+        transformations=spatialdata.transformations.get_transformation(sdata.images[name], get_all=True),
+    )
+    return SpatialData(
+        images={name: flat}, shapes=dict(sdata.shapes), tables={k: t.copy() for k, t in sdata.tables.items()}
+    )
+
+
+def _reference_patch(image, x, y, size, scale, halvings):
+    """Independent reference: ``halvings`` times 2 x 2 block means (float, rounded half up), then PIL's bilinear."""
+    c, h, w = image.shape
+    level = image
+    for _ in range(halvings):
+        c, lh, lw = level.shape
+        blocks = level[:, : lh // 2 * 2, : lw // 2 * 2].reshape(c, lh // 2, 2, lw // 2, 2)
+        level = np.floor(blocks.mean(axis=(2, 4)) + 0.5).astype(np.uint8)
+    step = 2**halvings
+    half, f = size * scale / 2, (h / (h // step), w / (w // step))
+    box = ((x - half) / f[1], (y - half) / f[0], (x + half) / f[1], (y + half) / f[0])
+    hwc = Image.fromarray(np.ascontiguousarray(np.moveaxis(level, 0, -1)))
+    return np.asarray(hwc.resize((size, size), Image.Resampling.BILINEAR, box=box))
+
+
+def test_halve_is_the_rounded_mean_of_2x2_blocks():
+    image = np.random.default_rng(5).integers(0, 256, (3, 37, 52), dtype=np.uint8)
+    blocks = image[:, :36].reshape(3, 18, 2, 26, 2).astype(float)
+    np.testing.assert_array_equal(halve(image), np.floor(blocks.mean(axis=(2, 4)) + 0.5))
+    lazy = halvings(da.from_array(image, chunks=(3, 9, 13)), 2)  # odd chunks: rechunked before halving
+    np.testing.assert_array_equal(lazy[1].compute(), halve(halve(image)))
+
+
+def test_levels_read_the_same_patches_stored_in_memory_lazy_or_not_stored(slide_from_image, tmp_path):
+    """The pyramid built in memory, built lazily and not stored at all give bit-identical patches.
+
+    A 4600 px image gets one halving; 2.7 full-resolution px per output px reads that level,
+    halved once more on the fly (4 px and more would be two halvings: level 1 halved once).
+    """
+    image = _textured(1500, 4600)
+    centres = np.array([[1210.3, 700.7], [2555.5, 333.0], [4590.0, 900.0], [3.0, 1490.0]])
+    built = slide_from_image(image, centres, sample="S", mpp=0.25, spot_diameter_px=200)
+    assert len(_patches.image_levels(built.images["S_image"])) == 2
+    lazy = slide_from_image(
+        da.from_array(image, chunks=(3, 701, 900)), centres, sample="S", mpp=0.25, spot_diameter_px=200
+    )
+    flat = _single_level(built)
+    built.write(tmp_path / "built.zarr")
+    written = spatialdata.read_zarr(tmp_path / "built.zarr")
+    for mpp, n_halvings in [(0.25 * 2.7, 1), (0.25 * 5.0, 2)]:
+        read = [hd.pp.spot_patches(sdata, size=40, mpp=mpp) for sdata in (built, lazy, flat, written)]
+        assert [p._levels[0].halvings for p in read] == ([0, 0, 1, 0] if n_halvings == 1 else [1, 1, 2, 1])
+        got = [p[:] for p in read]
+        for other in got[1:]:
+            np.testing.assert_array_equal(got[0], other)
+        for k, (x, y) in enumerate(centres[:2]):  # PIL's fixed-point weights depend on the box's offset: 1 grey level
+            diff = np.abs(got[0][k].astype(int) - _reference_patch(image, x, y, 40, mpp / 0.25, n_halvings))
+            assert diff.max() <= 1 and (diff == 0).mean() > 0.99
+        assert read[2].padded.tolist() == [False, False, True, True]
+        assert (got[2][2, :, -5:] == 255).all()  # past the right border: white, as read from a stored level
+
+
+def test_a_chunk_read_again_after_eviction_gives_the_same_patches(monkeypatch, slide_from_image):
+    """The bounded cache of computed level chunks: reads through a one-chunk cache equal a read that keeps all."""
+    computed = []
+
+    def block(x):
+        computed.append(x.shape)
+        return x
+
+    image = _textured(1200, 4400, seed=1)
+    rng = np.random.default_rng(2)
+    centres = np.column_stack([rng.uniform(100, 4300, 30), rng.uniform(100, 1100, 30)])
+    source = da.from_array(image, chunks=(3, 512, 512)).map_blocks(block, dtype=np.uint8)
+    lazy = slide_from_image(source, centres, sample="S", mpp=0.5, spot_diameter_px=100)
+    everything = hd.pp.spot_patches(lazy, size=32, mpp=1.5)[:]  # level 1, halved on reading
+    chunk = 3 * 600 * 1024  # one chunk of level 1 (600 x 2200 px, 1024 px chunks)
+    monkeypatch.setattr(_patches, "CACHE_BYTES", chunk)
+    tight = hd.pp.spot_patches(lazy, size=32, mpp=1.5)
+    assert tight._levels[0].data.shape == (3, 600, 2200) and tight._levels[0].halvings == 0
+    computed.clear()
+    order = rng.permutation(len(centres))
+    np.testing.assert_array_equal(np.stack([tight[i] for i in order]), everything[order])
+    # kept, each level-1 chunk would be computed once, from level-0 blocks no other chunk uses
+    assert len(computed) > np.prod(source.numblocks)  # evicted chunks were computed again
+    assert tight._cache._bytes <= 2 * chunk  # the one-chunk budget, or the chunks under one patch
+
+
+def test_embeddings_do_not_depend_on_a_stored_pyramid(slide_from_image):
+    """The weights-free encoder at its default field: same embedding with or without the stored levels."""
+    image = _textured(2400, 4400, seed=3)
+    rng = np.random.default_rng(4)
+    centres = np.column_stack([rng.uniform(300, 4100, 24), rng.uniform(300, 2100, 24)])
+    built = slide_from_image(image, centres, sample="S", mpp=0.73, spot_diameter_px=137)
+    flat = _single_level(built)
+    for sdata in (built, flat):
+        hd.tl.embed(sdata, models=["handcrafted"], device="cpu")
+    record = built.tables["table"].uns["histodecon"]["embeddings"]["handcrafted"]
+    assert record["patch_mpp"]["S"] == pytest.approx(2.24 * 137 * 0.73 / 112)  # the default field: 2 full px / px
+    np.testing.assert_array_equal(
+        built.tables["table"].obsm["X_handcrafted"], flat.tables["table"].obsm["X_handcrafted"]
+    )

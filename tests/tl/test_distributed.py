@@ -121,15 +121,32 @@ def test_local_run_matches_embed_and_a_rerun_reads_the_stores(originals, tmp_pat
         np.testing.assert_array_equal(table(slide).obsm["X_counting"], expected)
 
 
-def test_failed_slide_is_reported_after_the_others_are_written(originals, tmp_path):
+def test_failed_slide_is_reported_after_the_others_are_written(originals, tmp_path, monkeypatch):
     slides, reference = originals
-    hd.tl.embed_many([inverted_image(slides[1])], ["handcrafted"], stores=tmp_path, batch_size=BATCH)
+    embed_task = hd.tl._distributed.embed_task
 
-    pair = [fresh(slide) for slide in slides[:2]]  # slide 1: the same spots on another image, so the same store
-    with pytest.raises(RuntimeError, match=r"1 of 2 slides failed(.|\n)*slide 1: ValueError: .*another slide"):
+    def fail_on_s1(slide, *args, **kwargs):
+        if table(slide).obs["sample"].iloc[0] == "s1":
+            raise ValueError("the image of s1 cannot be read")
+        return embed_task(slide, *args, **kwargs)
+
+    monkeypatch.setattr(hd.tl._distributed, "embed_task", fail_on_s1)
+    pair = [fresh(slide) for slide in slides[:2]]
+    with pytest.raises(RuntimeError, match=r"1 of 2 slides failed(.|\n)*slide 1: ValueError: the image of s1"):
         hd.tl.embed_many(pair, ["handcrafted"], stores=tmp_path, batch_size=BATCH)
     np.testing.assert_array_equal(table(pair[0]).obsm["X_handcrafted"], reference[0])
     assert "X_handcrafted" not in table(pair[1]).obsm
+
+
+def test_another_slide_with_the_same_spots_gets_a_store_of_its_own(originals, tmp_path):
+    slides, reference = originals
+    hd.tl.embed_many([fresh(slides[1])], ["handcrafted"], stores=tmp_path, batch_size=BATCH)
+    other = inverted_image(slides[1])  # the same sample, spot names and coordinates; other pixels
+    hd.tl.embed_many([other], ["handcrafted"], stores=tmp_path, batch_size=BATCH)
+    expected = inverted_image(slides[1])
+    hd.tl.embed(expected, ["handcrafted"], batch_size=BATCH)
+    np.testing.assert_array_equal(table(other).obsm["X_handcrafted"], table(expected).obsm["X_handcrafted"])
+    assert len(list(tmp_path.glob("s1-*.zarr"))) == 2
 
 
 def test_bad_calls_are_refused_before_any_work(originals, tmp_path):
@@ -139,7 +156,7 @@ def test_bad_calls_are_refused_before_any_work(originals, tmp_path):
     with pytest.raises(KeyError, match=r"X_handcrafted.*overwrite=True"):
         hd.tl.embed_many([fresh(slides[1]), done], ["handcrafted"], stores=tmp_path / "a")
     with pytest.raises(
-        ValueError, match=r"same samples, spot names and coordinates \(\['s0-\w+'\]\), so they would share"
+        ValueError, match=r"same samples, spots and pixels under them \(\['s0-\w+-\w+'\]\), so they would share"
     ):
         hd.tl.embed_many([fresh(slides[0]), fresh(slides[0])], ["handcrafted"], stores=tmp_path / "b")
     with pytest.raises(ValueError, match="`batch_size` must be a positive integer"):
@@ -259,3 +276,29 @@ def test_worker_keeps_batch_buffers_in_its_heap():
     env.pop("MALLOC_MMAP_THRESHOLD_", None)
     result = subprocess.run([sys.executable, "-c", _MALLOC_PROBE], env=env, capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["True", "False", "False"]
+
+
+@pytest.mark.parametrize(
+    ("damage", "error", "match"),
+    [
+        ("missing", FileNotFoundError, r"model\.safetensors not found; a saved model is"),
+        ("truncated", ValueError, r"model\.safetensors"),
+    ],
+)
+def test_predict_many_checks_a_saved_model_once_before_any_task(
+    embedded_tables, tmp_path, monkeypatch, damage, error, match
+):
+    tables, model = embedded_tables
+    model.save(tmp_path / "model")
+    tensors = tmp_path / "model.safetensors"
+    if damage == "missing":
+        tensors.unlink()
+    else:
+        tensors.write_bytes(tensors.read_bytes()[:-100])
+    sent = []
+    monkeypatch.setattr(hd.tl._distributed, "_run", lambda *args, **kwargs: sent.append(args) or iter(()))
+    targets = [adata.copy() for adata in tables]
+    with pytest.raises(error, match=match):
+        hd.tl.predict_many(targets, tmp_path / "model")
+    assert not sent
+    assert not any("pred_abund" in adata.obsm for adata in targets)

@@ -467,3 +467,21 @@ def test_embed_many_reads_the_same_field(flat, tmp_path):
     with pytest.raises(ValueError, match="`mpp` must be a positive number"):
         hd.tl.embed_many([many], models="flat", mpp=0, stores=tmp_path / "other", device="cpu", overwrite=True)
     assert not (tmp_path / "other").exists()
+
+
+def test_embed_many_normalises_to_the_reference_like_embed(tmp_path):
+    def slide(seed):
+        return hd.datasets.synthetic(n_spots=30, seed=seed, sample=f"s{seed}", counts=False)
+
+    reference = hd.pp.stain_reference(slide(1), method="reinhard")
+    one, many, raw = slide(0), slide(0), slide(0)
+    hd.tl.embed(one, stain_reference=reference)
+    hd.tl.embed_many([many], stain_reference=reference, stores=tmp_path)
+    hd.tl.embed(raw)
+    tables = [sdata.tables["table"] for sdata in (one, many, raw)]
+    np.testing.assert_array_equal(tables[0].obsm["X_handcrafted"], tables[1].obsm["X_handcrafted"])
+    # mutation: embed_many not passing the reference to its tasks embeds the raw patches
+    assert not np.allclose(tables[1].obsm["X_handcrafted"], tables[2].obsm["X_handcrafted"])
+    records = [table.uns["histodecon"]["embeddings"]["handcrafted"]["stain_reference"] for table in tables]
+    assert records[0] == records[1] == {"method": "reinhard", "mu": list(reference.mu), "sigma": list(reference.sigma)}
+    assert records[2] is None

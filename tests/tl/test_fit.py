@@ -1,5 +1,6 @@
 import inspect
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
@@ -85,8 +86,13 @@ def test_fit_records_features_in_order_and_groups(model):
     assert model.feature_keys == ["a", "b"] and model.feature_dims == [4, 2]
     assert model.cell_types == CELL_TYPES
     assert model.provenance["samples"] == ["s0", "s1", "s2"] and model.provenance["target"] == "abund"
-    assert model.provenance["validation_split"] == "groups"  # three slides: one held out for early stopping
-    assert model.provenance["n_validation_spots"] == 200
+    assert model.provenance["validation_split"] == "groups"  # three slides: each held out by one fold
+    assert model.provenance["n_validation_spots"] == 600
+    assert sorted(map(tuple, model.provenance["early_stopping"]["fold_validation_groups"])) == [
+        ("s0",),
+        ("s1",),
+        ("s2",),
+    ]
 
 
 def test_only_in_tissue_spots_are_used_and_targets_aligned_by_name():
@@ -220,20 +226,18 @@ def with_geometry(adata, mpp=2.0):
     return adata
 
 
-def test_the_returned_model_learns_a_pattern_only_the_early_stopping_slide_shows():
-    """Early stopping holds a slide out; the refit on every slide must learn what only that slide teaches."""
-    names = ["s0", "s1", "s2"]
-    probe = hd.tl.fit([make_slide(n, n=20, seed=i) for i, n in enumerate(names)], hidden=(4,), max_epochs=2)
-    (held_out,) = probe.provenance["validation_groups"]
+def test_the_returned_model_learns_a_pattern_only_a_held_out_slide_shows():
+    """Every slide is held out by one early-stopping fold; the refit on every slide must learn what only one teaches."""
+    names, held_out = ["s0", "s1", "s2"], "s1"
     slides = []
     for i, name in enumerate(names):
         slide = make_slide(name, seed=i)
         marker = slide.obsm["X_b"][:, 1].copy() if name == held_out else np.zeros(slide.n_obs, dtype=np.float32)
-        slide.obsm["X_b"][:, 1] = marker  # the marker varies on the early-stopping slide only
+        slide.obsm["X_b"][:, 1] = marker  # the marker varies on one slide only
         slide.obsm["abund"]["fibroblasts"] = np.exp(1.5 * marker) if name == held_out else 1.0
         slides.append(slide)
     model = hd.tl.fit(slides, target_scale="abundance", feature_scaling="training", **SMALL)
-    assert model.provenance["validation_groups"] == [held_out]
+    assert [held_out] in model.provenance["early_stopping"]["fold_validation_groups"]
     test = make_slide("new", seed=20)
     marker = test.obsm["X_b"][:, 1]
     hd.tl.predict(test, model)
@@ -328,3 +332,33 @@ def test_slide_scaling_falls_back_to_all_spots_without_in_tissue_ones_and_warns_
     pd.testing.assert_frame_equal(flagged_off.obsm["pred_abund"], slide.obsm["pred_abund"])
     with pytest.warns(UserWarning, match="has only 5 in-tissue spots"):
         hd.tl.predict(slide[:5].copy(), model, key_added="few")
+
+
+@pytest.mark.filterwarnings("ignore:Sample .* lies outside the training slides")  # shifted on purpose
+def test_predict_feeds_the_network_features_z_scored_over_each_slides_in_tissue_spots(model, monkeypatch):
+    """An independent numpy z-score per sample over its in-tissue spots is what the network receives.
+
+    The out-of-tissue spots are shifted and spread far from the others, so statistics taken
+    over every spot, or over both samples together, give other inputs.
+    """
+    slides = [make_slide("p", n=30, seed=3), make_slide("q", n=30, seed=4)]
+    for slide, shift in zip(slides, (5.0, -3.0), strict=True):
+        slide.obs["in_tissue"] = np.arange(30) >= 10
+        for key in ("X_a", "X_b"):
+            slide.obsm[key] = slide.obsm[key] + shift
+            slide.obsm[key][:10] = 40 * slide.obsm[key][:10] + 100
+    table = ad.concat(slides, merge="first")
+    fed = []
+
+    def record(x, **kwargs):
+        fed.append(x)
+        return np.zeros((len(x), len(model.cell_types)), dtype=np.float32)
+
+    monkeypatch.setattr(model, "predict", record)
+    hd.tl.predict(table, model)
+    expected = []
+    for slide in slides:
+        raw = np.hstack([slide.obsm["X_a"], slide.obsm["X_b"]]).astype(np.float64)
+        inside = raw[slide.obs["in_tissue"].to_numpy()]
+        expected.append((raw - inside.mean(axis=0)) / inside.std(axis=0))
+    np.testing.assert_allclose(fed[0], np.vstack(expected), rtol=1e-4, atol=1e-4)

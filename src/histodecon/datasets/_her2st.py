@@ -149,9 +149,10 @@ def her2st(
 
     Returns
     -------
-    SpatialData as from :func:`histodecon.io.read_st`, sample ``section``, with
-    ``obs['patient']`` (the section letter) and ``obsm['proportions']`` (DataFrame, columns =
-    cell types).
+    :class:`~spatialdata.SpatialData`
+        SpatialData as from :func:`histodecon.io.read_st`, sample ``section``, with
+        ``obs['patient']`` (the section letter) and ``obsm['proportions']`` (DataFrame, columns =
+        cell types).
 
     Examples
     --------

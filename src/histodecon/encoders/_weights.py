@@ -26,7 +26,8 @@ def read_weights(entry: Encoder, explicit: str | os.PathLike | None) -> tuple[di
     """Locate ``entry``'s weights and return ``(state_dict, path, sha256)``.
 
     Looks, in order, at ``explicit``, ``$HISTODECON_WEIGHTS_DIR/<name>/<filename>``, the
-    Hugging Face cache, then the Hub (when online and the gated repository is accessible).
+    Hugging Face cache, then the Hub (only when online and not ``HF_HUB_OFFLINE``, and the gated
+    repository is accessible); offline, a missing file fails at once.
     """
     path = locate_weights(entry, explicit)
     return read_state_dict(path), path, sha256sum(path)
@@ -71,7 +72,11 @@ def locate_weights(entry: Encoder, explicit: str | os.PathLike | None) -> Path:
 
 
 def _from_hub(repo_id: str, filename: str) -> Path | None:
-    """The file from the Hugging Face cache, else downloaded; ``None`` when neither works."""
+    """The file from the Hugging Face cache, else downloaded; ``None`` when neither works.
+
+    The Hub is only asked when it can be reached: offline (``HF_HUB_OFFLINE``, or no route to
+    the Hub) the lookup fails at once instead of after huggingface_hub's retries (~23 s).
+    """
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
@@ -79,13 +84,36 @@ def _from_hub(repo_id: str, filename: str) -> Path | None:
         return Path(hf_hub_download(repo_id, filename, local_files_only=True))
     except (LocalEntryNotFoundError, FileNotFoundError, OSError):
         pass
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+    if not hub_reachable():
+        logger.debug(f"Not downloading {repo_id}/{filename}: the Hugging Face Hub is offline or unreachable.")
         return None
     try:
         return Path(hf_hub_download(repo_id, filename))
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as error:
         logger.debug(f"Hub download of {repo_id}/{filename} failed: {error}")
         return None
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether to ask the Hugging Face Hub: not ``HF_HUB_OFFLINE``, and its host answers within ``timeout`` s.
+
+    One TCP connection to the endpoint's host (no request is sent); a machine without network
+    fails it at name resolution, in milliseconds.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    endpoint = urlsplit(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -22,6 +22,8 @@ HIRES_MAX_PX = 2000
 #: scanpy's names of the image and its scale factors in ``uns['spatial'][library_id]``.
 _IMAGES, _HIRES, _SCALEFACTORS = "images", "hires", "scalefactors"
 _HIRES_SCALEF, _SPOT_DIAMETER = "tissue_hires_scalef", "spot_diameter_fullres"
+#: Layers holding the bounds of :func:`histodecon.tl.predict`'s intervals, when it wrote them.
+INTERVAL_LAYERS = ("lower", "upper")
 
 
 def _spot_results(adata: AnnData) -> dict:
@@ -80,7 +82,7 @@ def _add_table(sdata: SpatialData, source: AnnData, result: AnnData, table_key_a
             "could not annotate them either. Read the slide with `hd.io` or adopt it with "
             "`hd.io.from_spatialdata`, or call `hd.get.abundances` without `table_key_added`."
         )
-    check_overwrite(sdata.tables, table_key_added, "sdata.tables", overwrite)
+    check_overwrite(sdata.tables, table_key_added, "sdata.tables", overwrite, option="table_key_added")
     sdata.tables[table_key_added] = TableModel.parse(
         result,
         region=attrs[TableModel.REGION_KEY],
@@ -109,7 +111,9 @@ def abundances(
     ``uns['histodecon']`` and a scanpy-style ``uns['spatial']`` come along,
     so :func:`scanpy.pl.spatial`, :func:`squidpy.pl.spatial_scatter` (``color="<cell type>"``)
     and :func:`squidpy.gr.spatial_autocorr` (``connectivity_key="rbf_connectivities"``) work on
-    it directly, the cell types taking the place of genes.
+    it directly, the cell types taking the place of genes. The bounds of the prediction intervals
+    (``obsm[f"{key}_lower"]`` and ``obsm[f"{key}_upper"]``, from ``hd.tl.predict(..., interval=)``)
+    become the layers ``"lower"`` and ``"upper"`` when the table has them.
 
     ``uns['spatial'][sample]`` holds, per sample (scanpy's ``library_id``), the H&E image read
     from a pyramid level of the SpatialData image, at most 2000 pixels on a side, as
@@ -153,7 +157,7 @@ def abundances(
     >>> sdata = hd.datasets.synthetic(n_spots=200, counts=False)
     >>> adata = hd.get.abundances(sdata, "abund", table_key_added="abund")
     >>> adata.var_names.tolist()
-    ['tumour', 'lymphocyte', 'fibroblast', 'endothelial', 'adipocyte']
+    ['tumour', 'lymphocyte', 'fibroblast', 'adipocyte', 'endothelial']
     >>> sorted(adata.uns["spatial"]["synthetic"]["scalefactors"])
     ['spot_diameter_fullres', 'tissue_hires_scalef']
     """
@@ -178,6 +182,9 @@ def abundances(
         uns=_spot_results(source),
     )
     result.var_names = frame.columns
+    for layer, bound_key in zip(INTERVAL_LAYERS, Key.obsm.interval_bounds(key), strict=True):
+        if bound_key in source.obsm:  # hd.tl.predict(..., interval=)'s bounds
+            result.layers[layer] = source.obsm[bound_key].loc[:, frame.columns].to_numpy(dtype=np.float32)
     if Key.uns.root in source.uns:
         result.uns[Key.uns.root] = copy.deepcopy(dict(source.uns[Key.uns.root]))
     if spatial is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -13,6 +14,7 @@ from spatialdata import SpatialData
 
 from histodecon._constants import Key
 from histodecon._docs import inject_docs
+from histodecon._settings import logger
 from histodecon._utils import cell_type_frame, check_overwrite, copy_data, get_table, write_result
 
 from ._rbf import sample_blocks
@@ -32,23 +34,45 @@ class _Standardised:
 
 
 def _abundances(adata: AnnData, key: str) -> pd.DataFrame:
-    missing = (
-        f"No `obsm[{key!r}]` in the table; its obsm keys are {list(adata.obsm)}. "
-        "Pass `key=` naming a spots x cell types matrix, e.g. 'abund' or 'pred_abund'."
-    )
-    frame = cell_type_frame(adata, key, missing=missing)
+    missing = "Pass `key=` naming a spots x cell types matrix, e.g. 'abund' or 'pred_abund'."
+    frame = cell_type_frame(adata, key, missing=f"No `obsm[{key!r}]` in the table. {missing}")
     matrix = frame.to_numpy(dtype=np.float64, copy=True)  # z-scored in place, never the table's values
-    finite = np.isfinite(matrix)
-    if not finite.all():
-        bad = frame.columns[~finite.all(axis=0)].tolist()
-        raise ValueError(f"`obsm[{key!r}]` has missing or infinite values in {bad}; fill or drop those spots first.")
     return pd.DataFrame(matrix, columns=frame.columns, copy=False)
+
+
+def _without_missing(
+    adata: AnnData, frame: pd.DataFrame, W: sparse.csr_matrix, blocks: list, key: str, nan_policy: str
+) -> tuple[pd.DataFrame, sparse.csr_matrix, list, int]:
+    """The spots analysed without those with missing or infinite values: refused, or omitted with the graph.
+
+    Omitted spots leave the data and the graph (their rows and columns of ``W``) alike, as if
+    the table held only the other spots. Only the spots of ``blocks`` (the samples analysed) count.
+    """
+    used = np.concatenate([positions for _, positions in blocks])
+    finite = np.isfinite(frame.to_numpy()).all(axis=1)
+    bad = used[~finite[used]]
+    if not len(bad):
+        return frame, W, blocks, 0
+    names = adata.obs_names[bad].tolist()
+    shown = f"{names[:5]}{' and more' if len(names) > 5 else ''}"
+    if nan_policy == "raise":
+        columns = frame.columns[~np.isfinite(frame.to_numpy()[bad]).all(axis=0)].tolist()
+        raise ValueError(
+            f"{len(bad)} spots have missing or infinite values in `obsm[{key!r}]` (columns {columns}), e.g. "
+            f"{shown}. Pass `nan_policy='omit'` to leave them out of the analysis (and the graph), or fill them."
+        )
+    logger.warning(f"Omitting {len(bad)} spots with missing or infinite values in `obsm[{key!r}]`: {shown}")
+    keep = np.flatnonzero(finite)
+    new_position = np.full(len(frame), -1)
+    new_position[keep] = np.arange(len(keep))
+    blocks = [(name, new_position[positions[finite[positions]]]) for name, positions in blocks]
+    return frame.iloc[keep].reset_index(drop=True), W[keep][:, keep].tocsr(), blocks, len(bad)
 
 
 def _weights(adata: AnnData, connectivity_key: str) -> sparse.csr_matrix:
     if connectivity_key not in adata.obsp:
         raise KeyError(
-            f"No `obsp[{connectivity_key!r}]` in the table. Build the weight graph first with "
+            f"No `obsp[{connectivity_key!r}]` in the table; its obsp keys are {list(adata.obsp)}. Build the weight graph with "
             "`hd.gr.rbf_graph(data)`, or pass `connectivity_key=` naming an existing one."
         )
     W = sparse.csr_matrix(adata.obsp[connectivity_key], dtype=np.float64)
@@ -176,6 +200,7 @@ def moran_r(
     sample: str | None = None,
     n_perms: int | None = None,
     seed: int = 0,
+    nan_policy: Literal["raise", "omit"] = "raise",
     table_key: str = Key.tables.table,
     key_added: str | None = None,
     overwrite: bool = False,
@@ -216,6 +241,10 @@ def moran_r(
         ``None`` skips them.
     seed
         Seed of the permutations.
+    nan_policy
+        Spots with a missing or infinite abundance: ``"raise"`` an error naming them, or
+        ``"omit"`` them (logged), as scipy's option of that name: they leave the analysis and the
+        graph, so the result is that of a table without them.
     {{table_key}}
     key_added
         ``uns`` key of the result; default ``f'{key}_moranR'``.
@@ -224,10 +253,11 @@ def moran_r(
 
     Returns
     -------
-    ``None``, or the modified copy of ``data`` with ``copy=True``. Writes
-    ``uns[key_added] = {"R", "z", "pval", ("pval_perm"), "params"}``: cell types x cell types
-    DataFrames and the parameters. Cell types that are constant (within some sample) get NaN
-    rows and columns, with a warning.
+    :class:`~spatialdata.SpatialData`, :class:`~anndata.AnnData` or ``None``
+        ``None``, or the modified copy of ``data`` with ``copy=True``. Writes
+        ``uns[key_added] = {"R", "z", "pval", ("pval_perm"), "params"}``: cell types x cell types
+        DataFrames and the parameters. Cell types that are constant (within some sample) get NaN
+        rows and columns, with a warning.
 
     Notes
     -----
@@ -268,8 +298,12 @@ def moran_r(
     check_overwrite(adata.uns, key_added, "adata.uns", overwrite)
     if n_perms is not None and (isinstance(n_perms, bool) or not isinstance(n_perms, int | np.integer) or n_perms < 1):
         raise ValueError(f"`n_perms` must be a positive integer or None, got {n_perms!r}.")
-    frame = _abundances(adata, key)
-    std = _standardise(frame, _weights(adata, connectivity_key), _blocks(adata, sample))
+    if nan_policy not in ("raise", "omit"):
+        raise ValueError(f"`nan_policy` must be 'raise' or 'omit', got {nan_policy!r}.")
+    frame, W, blocks, n_omitted = _without_missing(
+        adata, _abundances(adata, key), _weights(adata, connectivity_key), _blocks(adata, sample), key, nan_policy
+    )
+    std = _standardise(frame, W, blocks)
     if std.W.sum() <= 0:
         raise ValueError(f"`obsp[{connectivity_key!r}]` has no positive weights among the spots analysed.")
 
@@ -303,6 +337,7 @@ def moran_r(
         "connectivity_key": connectivity_key,
         "sample": sample,
         "n_spots": int(std.Z.shape[0]),
+        "n_omitted": n_omitted,
         "n_perms": n_perms,
         "seed": seed,
         "alternative": "greater",

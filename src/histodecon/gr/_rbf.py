@@ -239,7 +239,8 @@ def rbf_graph(
     adata = get_table(data, table_key)
     if Key.obsm.spatial not in adata.obsm:
         raise KeyError(
-            f"The table has no `obsm[{Key.obsm.spatial!r}]` spot coordinates; read the slide with `hd.io` first."
+            f"The table has no `obsm[{Key.obsm.spatial!r}]` spot coordinates (its obsm keys are {list(adata.obsm)}); "
+            "read the slide with `hd.io` first."
         )
     if adata.n_obs == 0:
         raise ValueError("The table has no spots; a spatial graph needs at least one.")

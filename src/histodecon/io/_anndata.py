@@ -97,7 +97,8 @@ def from_anndata(
     libraries = adata.uns.get(Key.uns.spatial, {})
     if not libraries or Key.obsm.spatial not in adata.obsm:
         raise KeyError(
-            "The AnnData lacks `uns['spatial']` or `obsm['spatial']`. Read Visium data with "
+            f"The AnnData lacks `uns['spatial']` or `obsm['spatial']` (its uns keys are {list(adata.uns)}, its obsm "
+            f"keys {list(adata.obsm)}). Read Visium data with "
             "`scanpy.read_visium` / `squidpy.read.visium`, or use `hd.io.read_visium` on the Space Ranger folder."
         )
     if library_id is None:

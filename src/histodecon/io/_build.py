@@ -14,6 +14,7 @@ from xarray import DataArray, Dataset, DataTree
 
 from histodecon._constants import Key
 from histodecon._geometry import SampleGeometry, cache_record, check_geometry
+from histodecon._pyramid import halvings
 from histodecon._utils import check_centres
 
 #: Images whose longer side exceeds this many pixels are stored as a multiscale pyramid.
@@ -21,35 +22,38 @@ PYRAMID_ABOVE_PX = 4096
 IMAGE_CHUNK_PX = 1024
 
 
-def _pyramid_factors(height: int, width: int) -> list[int] | None:
-    """Halve the image until its longer side fits in :data:`PYRAMID_ABOVE_PX`."""
-    factors, side = [], max(height, width)
+def _n_halvings(height: int, width: int) -> int:
+    """How many halvings bring the image's longer side within :data:`PYRAMID_ABOVE_PX`."""
+    n, side = 0, max(height, width)
     while side > PYRAMID_ABOVE_PX:
-        factors.append(2)
-        side //= 2
-    return factors or None
+        n, side = n + 1, side // 2
+    return n
 
 
 def _image_element(
     levels: list[np.ndarray | da.Array], transform: dict[str, BaseTransformation]
 ) -> DataArray | DataTree:
-    """The image as spatialdata stores it, in 1024 px chunks: stored levels kept, else a pyramid built when large."""
+    """The image as spatialdata stores it, in 1024 px chunks: stored levels kept, else a pyramid built when large.
+
+    The pyramid of an image that stores none is built by :func:`histodecon._pyramid.halvings`, the
+    rule patches are read by: right away for an image in memory (it adds at most a third of the
+    image's own memory), else lazily, chunk by chunk.
+    """
+    if len(levels) == 1:
+        levels = [levels[0], *halvings(levels[0], _n_halvings(*levels[0].shape[1:]))]
     if len(levels) > 1:
-        return _stored_pyramid(levels, transform)
-    image = da.asarray(levels[0])
-    c, height, width = image.shape
+        return _pyramid_element(levels, transform)
     return Image2DModel.parse(
-        image.rechunk((c, IMAGE_CHUNK_PX, IMAGE_CHUNK_PX)),
+        da.asarray(levels[0]),
         dims=("c", "y", "x"),
         c_coords=["r", "g", "b"],
-        chunks=(c, IMAGE_CHUNK_PX, IMAGE_CHUNK_PX),
-        scale_factors=_pyramid_factors(height, width),
+        chunks=(levels[0].shape[0], IMAGE_CHUNK_PX, IMAGE_CHUNK_PX),
         transformations=transform,
     )
 
 
-def _stored_pyramid(levels: list[np.ndarray | da.Array], transform: dict[str, BaseTransformation]) -> DataTree:
-    """A file's stored pyramid levels (finest first) as one multiscale image, placed by ``transform``."""
+def _pyramid_element(levels: list[np.ndarray | da.Array], transform: dict[str, BaseTransformation]) -> DataTree:
+    """Pyramid levels (finest first) as one multiscale image, placed by ``transform``."""
     full = dict(zip("yx", levels[0].shape[1:], strict=True))
     scales = {}
     for i, level in enumerate(levels):
@@ -89,7 +93,7 @@ def build_sdata(
     image
         RGB image, ``(c, y, x)`` uint8, or its stored pyramid levels, finest first (a list),
         which are kept as they are. A single image longer than :data:`PYRAMID_ABOVE_PX` gets a
-        pyramid of halvings.
+        pyramid of halvings (:func:`histodecon._pyramid.halve`).
     centres_xy
         Spot centres in full-resolution pixels, ``(n, 2)`` as ``(x, y)``.
     sample

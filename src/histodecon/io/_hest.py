@@ -61,8 +61,9 @@ def read_hest(
 
     Returns
     -------
-    SpatialData with ``images[f"{sample_id}_image"]``, ``shapes[f"{sample_id}_spots"]`` and
-    ``tables["table"]`` (counts and the h5ad's ``obs`` columns).
+    :class:`~spatialdata.SpatialData`
+        SpatialData with ``images[f"{sample_id}_image"]``, ``shapes[f"{sample_id}_spots"]`` and
+        ``tables["table"]`` (counts and the h5ad's ``obs`` columns).
 
     Examples
     --------
@@ -99,7 +100,10 @@ def read_hest(
 
     adata = ad.read_h5ad(st_path)
     if Key.obsm.spatial not in adata.obsm:
-        raise KeyError(f"{st_path.name} has no `obsm[{Key.obsm.spatial!r}]` spot centres; it is not a HEST st file.")
+        raise KeyError(
+            f"{st_path.name} has no `obsm[{Key.obsm.spatial!r}]` spot centres (its obsm keys are {list(adata.obsm)}); "
+            "it is not a HEST st file."
+        )
     centres = check_centres(np.asarray(adata.obsm[Key.obsm.spatial], float), adata.obs_names, "HEST spot centres")
     levels = read_image(image_path)
     check_spots_inside(centres, adata.obs_names, levels[0].shape[2], levels[0].shape[1], image_path.name)

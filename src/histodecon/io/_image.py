@@ -10,8 +10,12 @@ import tifffile
 import zarr
 from PIL import Image
 
-#: Formats read lazily, tile by tile, through tifffile's zarr store; everything else goes through PIL.
+#: Formats read lazily, tile by tile, through tifffile's zarr store.
 TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".btf")
+#: Vendor formats read lazily through OpenSlide; everything else goes through PIL.
+OPENSLIDE_SUFFIXES = (".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
+#: Tile side of the lazy reads from OpenSlide.
+OPENSLIDE_TILE_PX = 1024
 #: PIL modes that hold colour and are converted to RGB (alpha or palette dropped).
 _PIL_COLOUR_MODES = ("RGB", "RGBA", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV")
 
@@ -76,6 +80,41 @@ def _read_tiff(path: Path) -> list[da.Array]:
     return [as_rgb(da.from_zarr(array), path.name, axes) for array in arrays]
 
 
+def open_slide(path: Path):
+    """The slide at ``path`` opened by OpenSlide, or an :class:`ImportError` saying what to install."""
+    try:
+        import openslide
+    except ImportError as error:  # openslide-python and openslide-bin are dependencies; a broken install lands here
+        raise ImportError(
+            f"Reading {path.name!r} needs OpenSlide: `pip install openslide-python openslide-bin`."
+        ) from error
+    return openslide.OpenSlide(path)
+
+
+def read_openslide(path: Path) -> list[da.Array]:
+    """Pyramid levels of a slide OpenSlide reads, as lazy ``(c, y, x)`` RGB arrays, finest first.
+
+    Each level is read tile by tile through ``read_region`` when its chunks are computed;
+    fully transparent pixels (outside the scanned area) become white, i.e. glass.
+    """
+    slide = open_slide(path)
+    levels = []
+    for level, (width, height) in enumerate(slide.level_dimensions):
+        downsample = slide.level_downsamples[level]
+
+        def read_tile(block_info=None, *, level=level, downsample=downsample):
+            (_, _), (y0, y1), (x0, x1) = block_info[None]["array-location"]
+            origin = (round(x0 * downsample), round(y0 * downsample))
+            tile = np.asarray(slide.read_region(origin, level, (x1 - x0, y1 - y0)))
+            return over_white(np.moveaxis(tile, -1, 0))
+
+        chunks = da.core.normalize_chunks((3, OPENSLIDE_TILE_PX, OPENSLIDE_TILE_PX), (4, height, width))
+        levels.append(
+            da.map_blocks(read_tile, chunks=((3,), *chunks[1:]), dtype=np.uint8, meta=np.empty((0, 0, 0), np.uint8))
+        )
+    return levels
+
+
 def _read_pil(path: Path) -> np.ndarray:
     guard, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # slides exceed PIL's decompression-bomb limit
     try:
@@ -96,8 +135,6 @@ def read_image(path: str | Path) -> list[np.ndarray | da.Array]:
     JPEG, PNG and the other formats PIL reads are decoded into memory (a single level).
     Transparent pixels become white.
     """
-    from histodecon.io._wsi import OPENSLIDE_SUFFIXES, read_openslide
-
     path = check_file(path, "image")
     if path.name.lower().endswith(TIFF_SUFFIXES):
         return _read_tiff(path)

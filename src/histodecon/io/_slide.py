@@ -12,8 +12,15 @@ import pandas as pd
 from spatialdata import SpatialData
 
 from histodecon._constants import Key
-from histodecon._glass import GLASS_THRESHOLD, MAX_GLASS_FRACTION, check_rule, glass_mask
 from histodecon._settings import logger
+from histodecon._tissue import (
+    MAX_GLASS_FRACTION,
+    check_max_glass_fraction,
+    detect,
+    labels_element,
+    own_mask,
+    square_fractions,
+)
 from histodecon._utils import check_positive
 from histodecon.io._build import build_sdata
 from histodecon.io._grid import default_spacing, grid_centres
@@ -22,48 +29,6 @@ from histodecon.io._wsi import resolve_mpp
 
 #: Fields of the per-sample provenance record written here: where ``mpp`` came from and the grid laid.
 MPP_SOURCE, GRID, GRID_SPACING_UM = "mpp_source", "grid", "grid_spacing_um"
-#: The tissue mask is block-averaged down to a resolution where a pseudo-spot spans about this many pixels ...
-MASK_PX_PER_SPOT = 8
-#: ... unless a stored pyramid level is already coarser, down to this many pixels per spot.
-MIN_MASK_PX_PER_SPOT = 4
-
-
-def _glass_lowres(levels: list, spot_px: float, threshold: int) -> tuple[np.ndarray, float, float]:
-    """Glass mask of the slide at a resolution where a spot spans 4-8 pixels, and its (y, x) factors.
-
-    Uses the coarsest stored pyramid level on which a spot still spans
-    :data:`MIN_MASK_PX_PER_SPOT` pixels and block-averages it down to
-    :data:`MASK_PX_PER_SPOT`, so a pyramidal TIFF is read only at low resolution; the mask is
-    computed chunk by chunk, so only the boolean result is held in memory.
-    """
-    full_h, full_w = levels[0].shape[1:]
-    factors = [(full_h / level.shape[1], full_w / level.shape[2]) for level in levels]
-    chosen = max(i for i, f in enumerate(factors) if i == 0 or max(f) <= spot_px / MIN_MASK_PX_PER_SPOT)
-    level = da.asarray(levels[chosen])
-    extra = max(1, int(spot_px / MASK_PX_PER_SPOT // max(factors[chosen])))
-    if extra > 1:
-        height, width = (level.shape[1] // extra) * extra, (level.shape[2] // extra) * extra
-        block = extra * max(1, 1024 // extra)
-        level = da.coarsen(np.mean, level[:, :height, :width].rechunk((-1, block, block)), {1: extra, 2: extra})
-    glass = glass_mask(da.moveaxis(level, 0, -1), threshold).compute()
-    return glass, factors[chosen][0] * extra, factors[chosen][1] * extra
-
-
-def _glass_fraction(glass: np.ndarray, centres: np.ndarray, half_px: float, scale_yx: tuple[float, float]):
-    """Glass fraction of the square of half-side ``half_px`` around each centre; outside the image is glass."""
-    integral = np.zeros((glass.shape[0] + 1, glass.shape[1] + 1), dtype=np.int32)
-    integral[1:, 1:] = glass.cumsum(0, dtype=np.int32).cumsum(1, dtype=np.int32)
-    sy, sx = scale_yx
-    x0 = np.round((centres[:, 0] - half_px) / sx).astype(int)
-    x1 = np.round((centres[:, 0] + half_px) / sx).astype(int)
-    y0 = np.round((centres[:, 1] - half_px) / sy).astype(int)
-    y1 = np.round((centres[:, 1] + half_px) / sy).astype(int)
-    area = np.maximum((x1 - x0) * (y1 - y0), 1)
-    cx0, cx1 = np.clip(x0, 0, glass.shape[1]), np.clip(x1, 0, glass.shape[1])
-    cy0, cy1 = np.clip(y0, 0, glass.shape[0]), np.clip(y1, 0, glass.shape[0])
-    inside = integral[cy1, cx1] - integral[cy0, cx1] - integral[cy1, cx0] + integral[cy0, cx0]
-    inside_area = (cx1 - cx0) * (cy1 - cy0)
-    return (inside + area - inside_area) / area
 
 
 def read_slide(
@@ -74,16 +39,18 @@ def read_slide(
     spot_diameter_um: float = 55.0,
     spacing_um: float | None = None,
     sample: str | None = None,
-    glass_threshold: int = GLASS_THRESHOLD,
     max_glass_fraction: float = MAX_GLASS_FRACTION,
+    tissue: np.ndarray | None = None,
 ) -> SpatialData:
     """Read an H&E image without spatial transcriptomics and place pseudo-spots on its tissue.
 
     Pseudo-spots of ``spot_diameter_um`` lie on a square or hexagonal grid ``spacing_um`` apart;
-    only those over tissue are kept, judged by the glass rule of :func:`histodecon.pp.filter_background`
-    (pixels above ``glass_threshold`` in R, G and B are glass; spots whose square is more than
-    ``max_glass_fraction`` glass are dropped), evaluated on a downsampled copy of the image
-    (a stored pyramid level of a TIFF when there is one) on which a spot spans 4 to 8 pixels.
+    only those over tissue are kept: spots whose square is more than ``max_glass_fraction`` off
+    the tissue mask are dropped. The mask is detected with squidpy as in
+    :func:`histodecon.pp.detect_tissue` (on a copy of the image of at most half a million
+    pixels, from a stored pyramid level of a TIFF when there is one), or is one's own
+    ``tissue``; it is kept as ``labels[f"{sample}_tissue"]``, which
+    :func:`histodecon.pp.filter_background` reuses.
     This is the input of :func:`histodecon.tl.predict` for new patients.
 
     TIFF / OME-TIFF / SVS files are read lazily through tifffile and the other whole-slide
@@ -116,16 +83,20 @@ def read_slide(
         grid (touching spots) and ``spot_diameter_um * 100 / 55`` on a hexagonal one (Visium's pitch).
     sample
         Sample name; default the file name without its suffixes, or ``"slide"`` for an array.
-    glass_threshold
-        Intensity above which a pixel, in all three channels, is glass.
     max_glass_fraction
         Largest glass fraction of a pseudo-spot kept as tissue.
+    tissue
+        One's own tissue mask instead of a detection: a 2-D boolean or integer array (0 glass,
+        >0 tissue) covering the whole image at any resolution (the image's shape divided by one
+        factor).
 
     Returns
     -------
-    SpatialData in the histodecon layout with an empty-gene table (0 variables), pseudo-spots
-    named ``"{col}x{row}"`` by their grid position (``obs['array_col']``, ``obs['array_row']``;
-    on a hexagonal grid ``array_col`` counts half-pitches, as on Visium).
+    :class:`~spatialdata.SpatialData`
+        SpatialData in the histodecon layout with the tissue mask ``labels[f"{sample}_tissue"]`` and
+        an empty-gene table (0 variables), pseudo-spots
+        named ``"{col}x{row}"`` by their grid position (``obs['array_col']``, ``obs['array_row']``;
+        on a hexagonal grid ``array_col`` counts half-pitches, as on Visium).
 
     Examples
     --------
@@ -140,7 +111,7 @@ def read_slide(
     check_positive(spot_diameter_um, "spot_diameter_um")
     spacing_um = default_spacing(grid, spot_diameter_um) if spacing_um is None else spacing_um
     check_positive(spacing_um, "spacing_um")
-    check_rule(glass_threshold, max_glass_fraction)
+    check_max_glass_fraction(max_glass_fraction)
     if isinstance(image, str | Path):
         levels = read_image(image)
         sample = sample or re.sub(r"[^A-Za-z0-9_-]", "_", Path(image).name.split(".")[0])  # an element name
@@ -159,20 +130,24 @@ def read_slide(
         raise ValueError(
             f"The {width} x {height} px image is smaller than one {spacing_um:g} um grid step at {mpp} mpp."
         )
-    mask, scale_y, scale_x = _glass_lowres(levels, spot_px, glass_threshold)
-    glass = _glass_fraction(mask, centres, spot_px / 2, (scale_y, scale_x))
-    tissue = glass <= max_glass_fraction
-    if not tissue.any():
+    if tissue is None:
+        labels, size_y, size_x = detect(levels, sample)
+    else:
+        labels, size_y, size_x = own_mask(tissue, (height, width), sample)
+    fraction = square_fractions(labels > 0, np.diag([size_x, size_y, 1.0]), centres, spot_px)
+    keep = fraction >= 1 - max_glass_fraction
+    if not keep.any():
         raise ValueError(
-            f"No pseudo-spot of {sample!r} lies on tissue (every one is more than {max_glass_fraction:.0%} "
-            f"pixels brighter than {glass_threshold} in R, G and B). Check the image, or raise `glass_threshold`."
+            f"No pseudo-spot of {sample!r} lies on tissue (every one is more than {max_glass_fraction:.0%} off the "
+            f"tissue mask, which covers {(labels > 0).mean():.0%} of the image). Check the image, or pass one's own "
+            "`tissue` mask."
         )
-    logger.info(f"Placed {tissue.sum()} of {len(tissue)} pseudo-spots of {sample!r} on tissue.")
-    ids = pd.Index([f"{c}x{r}" for c, r in zip(grid_col[tissue], grid_row[tissue], strict=True)])
-    obs = pd.DataFrame({"array_col": grid_col[tissue], "array_row": grid_row[tissue]}, index=ids)
-    sdata = build_sdata(
-        levels, centres[tissue], sample=sample, mpp=mpp, spot_diameter_px=spot_px, spot_ids=ids, obs=obs
-    )
+    logger.info(f"Placed {keep.sum()} of {len(keep)} pseudo-spots of {sample!r} on tissue.")
+    ids = pd.Index([f"{c}x{r}" for c, r in zip(grid_col[keep], grid_row[keep], strict=True)])
+    obs = pd.DataFrame({"array_col": grid_col[keep], "array_row": grid_row[keep]}, index=ids)
+    sdata = build_sdata(levels, centres[keep], sample=sample, mpp=mpp, spot_diameter_px=spot_px, spot_ids=ids, obs=obs)
+    image = sdata.images[f"{sample}_image"]
+    sdata.labels[Key.labels.tissue(sample)] = labels_element(labels, (size_y, size_x), image)
     record = sdata.tables[Key.tables.table].uns[Key.uns.root][Key.uns.samples][sample]
     record.update({MPP_SOURCE: mpp_source, GRID: grid, GRID_SPACING_UM: float(spacing_um)})
     return sdata

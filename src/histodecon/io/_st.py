@@ -11,6 +11,7 @@ from scipy.spatial import cKDTree
 from spatialdata import SpatialData
 
 from histodecon._settings import logger
+from histodecon._tissue import MAX_GLASS_FRACTION, square_fractions, tissue_labels, warn_mismatch
 from histodecon._utils import check_centres, check_positive, check_spots_inside
 from histodecon.io._build import build_sdata
 from histodecon.io._image import check_file, read_image
@@ -53,6 +54,16 @@ def estimate_mpp(centres_xy: np.ndarray, spot_pitch_um: float) -> float:
     return spot_pitch_um / float(np.median(distances[:, 1]))
 
 
+def _check_unique_ids(ids: pd.Index, file_name: str) -> None:
+    """Refuse a file that names a spot twice: its rows could not be matched to one spot each."""
+    repeated = ids[ids.duplicated()].unique()
+    if len(repeated):
+        raise ValueError(
+            f"{file_name!r} repeats {len(repeated)} spot id(s), e.g. {list(repeated[:3])}: every spot needs one row. "
+            "Remove or merge the repeated rows (or pass the file of a single section)."
+        )
+
+
 def _join(spots: pd.DataFrame, counts: pd.DataFrame, spots_name: str, counts_name: str) -> pd.Index:
     """Spot ids present in both files, in spot-file order; the unmatched ones are logged."""
     shared = spots.index[spots.index.isin(counts.index)]
@@ -85,6 +96,10 @@ def read_st(
     row in the count file are kept, in spot-file order; the others are dropped with a logged
     warning (her2st has a few selected spots without counts).
 
+    A warning names the likely cause when most spots lie on glass by the tissue mask
+    (:func:`histodecon.pp.detect_tissue`): the image is not the one of the spot file, e.g. a
+    downscaled copy.
+
     Parameters
     ----------
     counts
@@ -108,9 +123,11 @@ def read_st(
 
     Returns
     -------
-    SpatialData with ``images[f"{sample}_image"]``, ``shapes[f"{sample}_spots"]`` and
-    ``tables["table"]`` (counts in ``X``, array coordinates in ``obs["array_x"]`` /
-    ``obs["array_y"]`` when known, mpp and spot size in ``uns["histodecon"]["samples"]``).
+    :class:`~spatialdata.SpatialData`
+        SpatialData with ``images[f"{sample}_image"]``, its tissue mask ``labels[f"{sample}_tissue"]``,
+        ``shapes[f"{sample}_spots"]`` and
+        ``tables["table"]`` (counts in ``X``, array coordinates in ``obs["array_x"]`` /
+        ``obs["array_y"]`` when known, mpp and spot size in ``uns["histodecon"]["samples"]``).
 
     Examples
     --------
@@ -132,6 +149,8 @@ def read_st(
     spot_table = _spot_table(spots_path)
     count_table = pd.read_csv(counts_path, sep="\t", index_col=0)
     count_table.index = count_table.index.astype(str)
+    _check_unique_ids(spot_table.index, spots_path.name)
+    _check_unique_ids(count_table.index, counts_path.name)
     ids = _join(spot_table, count_table, spots_path.name, counts_path.name)
     spot_table, count_table = spot_table.loc[ids], count_table.loc[ids]
     centres = check_centres(spot_table[["pixel_x", "pixel_y"]], ids, f"pixel positions of {spots_path.name!r}")
@@ -141,7 +160,7 @@ def read_st(
     if mpp is None:
         mpp = estimate_mpp(centres, spot_pitch_um)
         logger.info(f"Estimated {mpp:.4f} um/px for {sample!r} from the {spot_pitch_um:g} um spot pitch.")
-    return build_sdata(
+    sdata = build_sdata(
         levels,
         centres,
         sample=sample,
@@ -152,3 +171,7 @@ def read_st(
         var_names=count_table.columns,
         obs=spot_table.drop(columns=["pixel_x", "pixel_y"]),
     )
+    mask, affine = tissue_labels(sdata, sample, f"{sample}_image")
+    on_glass = square_fractions(mask, affine, centres, spot_diameter_um / mpp) < 1 - MAX_GLASS_FRACTION
+    warn_mismatch(sample, image_path.name, on_glass, "selected spots")
+    return sdata

@@ -63,8 +63,9 @@ def read_visium(
 
     Returns
     -------
-    SpatialData with ``images[f"{sample}_image"]``, ``shapes[f"{sample}_spots"]`` and
-    ``tables["table"]`` (counts, ``obs['array_row']``, ``obs['array_col']``, gene ids in ``var``).
+    :class:`~spatialdata.SpatialData`
+        SpatialData with ``images[f"{sample}_image"]``, ``shapes[f"{sample}_spots"]`` and
+        ``tables["table"]`` (counts, ``obs['array_row']``, ``obs['array_col']``, gene ids in ``var``).
 
     Examples
     --------

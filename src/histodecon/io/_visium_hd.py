@@ -90,9 +90,10 @@ def read_visium_hd(
 
     Returns
     -------
-    SpatialData with ``images[f"{sample}_image"]``, ``shapes[f"{sample}_spots"]`` and
-    ``tables["table"]`` (counts, ``obs['in_tissue']``, ``obs['array_row']``, ``obs['array_col']``);
-    ``uns['histodecon']['samples'][sample]`` records ``bin_size_um`` and ``field_um``.
+    :class:`~spatialdata.SpatialData`
+        SpatialData with ``images[f"{sample}_image"]``, ``shapes[f"{sample}_spots"]`` and
+        ``tables["table"]`` (counts, ``obs['in_tissue']``, ``obs['array_row']``, ``obs['array_col']``);
+        ``uns['histodecon']['samples'][sample]`` records ``bin_size_um`` and ``field_um``.
 
     Examples
     --------

@@ -1,4 +1,4 @@
-"""Whole-slide images: µm per pixel from the file's metadata, and OpenSlide formats read lazily."""
+"""Whole-slide images: µm per pixel from the file's metadata (the pixels are read by :mod:`histodecon.io._image`)."""
 
 from __future__ import annotations
 
@@ -6,18 +6,13 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import dask.array as da
 import numpy as np
 import tifffile
 
 from histodecon._settings import logger
 from histodecon._utils import check_positive
-from histodecon.io._image import TIFF_SUFFIXES, over_white
+from histodecon.io._image import OPENSLIDE_SUFFIXES, TIFF_SUFFIXES, open_slide
 
-#: Vendor formats read through OpenSlide (TIFF, OME-TIFF and SVS go through tifffile).
-OPENSLIDE_SUFFIXES = (".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
-#: Tile side of the lazy reads from OpenSlide.
-OPENSLIDE_TILE_PX = 1024
 #: Resolution tags above this many µm per pixel are screen defaults (72 or 96 dpi), not a scanner's.
 MAX_TAGGED_MPP = 100.0
 #: Micrometres per unit of TIFF ``ResolutionUnit`` (2 inch, 3 centimetre; 4 and 5 are tifffile's extensions).
@@ -83,45 +78,11 @@ def tiff_mpp(path: Path) -> tuple[float, str] | None:
         )
 
 
-def _open_slide(path: Path):
-    try:
-        import openslide
-    except ImportError as error:  # openslide-python and openslide-bin are dependencies; a broken install lands here
-        raise ImportError(
-            f"Reading {path.name!r} needs OpenSlide: `pip install openslide-python openslide-bin`."
-        ) from error
-    return openslide.OpenSlide(path)
-
-
-def read_openslide(path: Path) -> list[da.Array]:
-    """Pyramid levels of a slide OpenSlide reads, as lazy ``(c, y, x)`` RGB arrays, finest first.
-
-    Each level is read tile by tile through ``read_region`` when its chunks are computed;
-    fully transparent pixels (outside the scanned area) become white, i.e. glass.
-    """
-    slide = _open_slide(path)
-    levels = []
-    for level, (width, height) in enumerate(slide.level_dimensions):
-        downsample = slide.level_downsamples[level]
-
-        def read_tile(block_info=None, *, level=level, downsample=downsample):
-            (_, _), (y0, y1), (x0, x1) = block_info[None]["array-location"]
-            origin = (round(x0 * downsample), round(y0 * downsample))
-            tile = np.asarray(slide.read_region(origin, level, (x1 - x0, y1 - y0)))
-            return over_white(np.moveaxis(tile, -1, 0))
-
-        chunks = da.core.normalize_chunks((3, OPENSLIDE_TILE_PX, OPENSLIDE_TILE_PX), (4, height, width))
-        levels.append(
-            da.map_blocks(read_tile, chunks=((3,), *chunks[1:]), dtype=np.uint8, meta=np.empty((0, 0, 0), np.uint8))
-        )
-    return levels
-
-
 def openslide_mpp(path: Path) -> tuple[float, str] | None:
     """µm per pixel from OpenSlide's ``openslide.mpp-x`` / ``openslide.mpp-y`` properties."""
     import openslide
 
-    with _open_slide(path) as slide:
+    with open_slide(path) as slide:
         props = dict(slide.properties)
     x, y = (float(props.get(key, "nan")) for key in (openslide.PROPERTY_NAME_MPP_X, openslide.PROPERTY_NAME_MPP_Y))
     return _checked(x, y, "openslide", path.name)

@@ -112,10 +112,11 @@ def read_xenium(
 
     Returns
     -------
-    SpatialData with ``images[f"{sample}_image"]`` (the H&E), ``shapes[f"{sample}_spots"]`` and
-    ``tables["table"]`` (counts; the cells' metrics, or ``obs['array_col']``, ``obs['array_row']``
-    and ``obs['n_cells']`` of grid spots); ``uns['histodecon']['samples'][sample]`` records the
-    alignment file and the spots.
+    :class:`~spatialdata.SpatialData`
+        SpatialData with ``images[f"{sample}_image"]`` (the H&E), ``shapes[f"{sample}_spots"]`` and
+        ``tables["table"]`` (counts; the cells' metrics, or ``obs['array_col']``, ``obs['array_row']``
+        and ``obs['n_cells']`` of grid spots); ``uns['histodecon']['samples'][sample]`` records the
+        alignment file and the spots.
 
     Examples
     --------

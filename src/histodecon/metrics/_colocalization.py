@@ -66,9 +66,10 @@ def colocalization_similarity(
 
     Returns
     -------
-    A DataFrame indexed by cell type (in the order of ``R_true``) with columns ``cosine`` and
-    ``pearson``; ``.attrs["mean"]`` holds their means over cell types (NaN skipped), the figures
-    of the paper's table.
+    :class:`~pandas.DataFrame`
+        A DataFrame indexed by cell type (in the order of ``R_true``) with columns ``cosine`` and
+        ``pearson``; ``.attrs["mean"]`` holds their means over cell types (NaN skipped), the figures
+        of the paper's table.
 
     Examples
     --------

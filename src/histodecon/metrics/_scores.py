@@ -81,8 +81,9 @@ def cc_score(
 
     Returns
     -------
-    The mean correlation over the cell types where it is defined (NaN, with a warning, when
-    it is defined for none), or with ``per_type=True`` a Series indexed by cell type.
+    float or :class:`~pandas.Series`
+        The mean correlation over the cell types where it is defined (NaN, with a warning, when
+        it is defined for none), or with ``per_type=True`` a Series indexed by cell type.
 
     Examples
     --------
@@ -137,8 +138,9 @@ def l1_score(
 
     Returns
     -------
-    The mean distance over spots with a composition (NaN, with a warning, when there are
-    none), or the per-spot distances.
+    float or :class:`~numpy.ndarray`
+        The mean distance over spots with a composition (NaN, with a warning, when there are
+        none), or the per-spot distances.
 
     Examples
     --------

@@ -64,7 +64,8 @@ def _cluster_labels(adata: AnnData, key: str, cluster_key: str) -> pd.Index:
     """The categories of ``obs[cluster_key]``, which label the rows and columns of squidpy's result ``key``."""
     if cluster_key not in adata.obs:
         raise KeyError(
-            f"`uns[{key!r}]` looks like a squidpy result for clusters `obs[{cluster_key!r}]`, which the table lacks."
+            f"`uns[{key!r}]` looks like a squidpy result for clusters `obs[{cluster_key!r}]`, which the table lacks; "
+            f"its obs columns are {list(adata.obs.columns)}."
         )
     return pd.Index(adata.obs[cluster_key].astype("category").cat.categories.astype(str))
 
@@ -202,7 +203,7 @@ def colocalization(
     figsize: tuple[float, float] | None = None,
     ax: Sequence[Axes] | None = None,
     show: bool | None = None,
-    return_fig: bool | None = None,
+    return_fig: bool = False,
     save: str | Path | bool | None = None,
 ) -> Figure | list[Axes] | None:
     """Colocalisation heatmaps side by side, in one order clustered on the first panel.
@@ -261,7 +262,9 @@ def colocalization(
 
     Returns
     -------
-    The figure (default), the panels' Axes (``return_fig=False``) or ``None`` (``show=True``).
+    :class:`~matplotlib.figure.Figure`, list of :class:`~matplotlib.axes.Axes` or ``None``
+        ``None`` when the figure is shown (default), the :class:`~matplotlib.figure.Figure` with
+        ``return_fig=True``, else the panels' Axes (``show=False``, or ``ax`` given).
 
     Examples
     --------
@@ -272,7 +275,7 @@ def colocalization(
     >>> hd.gr.rbf_graph(sdata, length_scale_um=150)
     >>> hd.gr.moran_r(sdata, key="abund")
     >>> hd.gr.moran_r(sdata, key="pred_abund")
-    >>> fig = hd.pl.colocalization(sdata, titles=["cell2location", "predicted"])
+    >>> hd.pl.colocalization(sdata, titles=["cell2location", "predicted"])
 
     Beside squidpy's neighbourhood enrichment of the dominant predicted cell type:
 
@@ -280,7 +283,7 @@ def colocalization(
     >>> adata = hd.get.abundances(sdata, "pred_abund")
     >>> adata.obs["dominant"] = adata.to_df().idxmax(axis=1).astype("category")
     >>> sq.gr.nhood_enrichment(adata, cluster_key="dominant", connectivity_key="rbf", show_progress_bar=False)
-    >>> fig = hd.pl.colocalization(adata, keys=["pred_abund", "dominant_nhood_enrichment"])
+    >>> hd.pl.colocalization(adata, keys=["pred_abund", "dominant_nhood_enrichment"])
     """
     keys = [keys] if isinstance(keys, str) else list(keys)
     if not keys:
@@ -326,4 +329,4 @@ def colocalization(
             top.set_xlim(0, 10 * k)  # leaves sit at 5, 15, ...: one per heatmap column
         top.axis("off")
         top.set_title(panel.title)
-    return finish(fig, axes, name="colocalization", show=show, return_fig=return_fig, save=save)
+    return finish(fig, axes, name="colocalization", ax=ax, show=show, return_fig=return_fig, save=save)

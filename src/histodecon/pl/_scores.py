@@ -47,7 +47,7 @@ def scores(
     ax: Axes | Sequence[Axes] | None = None,
     figsize: tuple[float, float] | None = None,
     show: bool | None = None,
-    return_fig: bool | None = None,
+    return_fig: bool = False,
     save: str | Path | bool | None = None,
 ) -> Figure | list[Axes] | None:
     """Box plots of the per-slide scores of each configuration, one point per held-out slide.
@@ -84,7 +84,9 @@ def scores(
 
     Returns
     -------
-    The figure (default), the panels' Axes (``return_fig=False``) or ``None`` (``show=True``).
+    :class:`~matplotlib.figure.Figure`, list of :class:`~matplotlib.axes.Axes` or ``None``
+        ``None`` when the figure is shown (default), the :class:`~matplotlib.figure.Figure` with
+        ``return_fig=True``, else the panels' Axes (``show=False``, or ``ax`` given).
 
     Examples
     --------
@@ -98,7 +100,7 @@ def scores(
     ...         "l1": [0.80, 0.86, 0.74, 0.79],
     ...     }
     ... )
-    >>> fig = hd.pl.scores(results)
+    >>> hd.pl.scores(results)
     """
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
     if isinstance(cv_results, CVResult):
@@ -140,7 +142,7 @@ def scores(
         panel.tick_params(axis="x", labelrotation=30)
         for label in panel.get_xticklabels():
             label.set_horizontalalignment("right")
-    return finish(fig, list(axes), name="scores", show=show, return_fig=return_fig, save=save)
+    return finish(fig, list(axes), name="scores", ax=ax, show=show, return_fig=return_fig, save=save)
 
 
 def _models(table: pd.DataFrame, models: Sequence[str] | None) -> list[str]:

@@ -34,12 +34,24 @@ def _sample_spots(adata: AnnData, sample: str | None) -> tuple[str, np.ndarray]:
     return sample, (adata.obs[Key.obs.sample] == sample).to_numpy()
 
 
+#: A key ending in this draws the width of a prediction's interval (``hd.tl.predict(..., interval=)``).
+WIDTH_SUFFIX = "_width"
+
+
+def _obsm_frame(adata: AnnData, key: str) -> pd.DataFrame:
+    """``obsm[key]``, or for ``"<prediction>_width"`` its interval's width: upper bound minus lower bound."""
+    bounds = Key.obsm.interval_bounds(key.removesuffix(WIDTH_SUFFIX)) if key.endswith(WIDTH_SUFFIX) else ()
+    if key not in adata.obsm and bounds and all(bound in adata.obsm for bound in bounds):
+        return adata.obsm[bounds[1]] - adata.obsm[bounds[0]]
+    if key not in adata.obsm:
+        raise KeyError(f"No `obsm[{key!r}]` in the table; its obsm keys are {list(adata.obsm)}.")
+    return adata.obsm[key]
+
+
 def _abundances(adata: AnnData, keys: list[str], cell_types: list[str], mask: np.ndarray) -> list[pd.DataFrame]:
     frames = []
     for key in keys:
-        if key not in adata.obsm:
-            raise KeyError(f"No `obsm[{key!r}]` in the table; its obsm keys are {list(adata.obsm)}.")
-        frame = adata.obsm[key]
+        frame = _obsm_frame(adata, key)
         if not isinstance(frame, pd.DataFrame):
             raise TypeError(f"`obsm[{key!r}]` must be a DataFrame whose columns name the cell types.")
         missing = [name for name in cell_types if name not in frame.columns]
@@ -60,10 +72,11 @@ def spatial_abundance(
     cmap: str = "viridis",
     max_image_px: int = 1500,
     table_key: str = Key.tables.table,
+    image_key: str | None = None,
     figsize: tuple[float, float] | None = None,
     ax: Axes | Sequence[Axes] | None = None,
     show: bool | None = None,
-    return_fig: bool | None = None,
+    return_fig: bool = False,
     save: str | Path | bool | None = None,
 ) -> Figure | list[Axes] | None:
     """The H&E image with its spots coloured by cell-type abundance, truth above prediction.
@@ -82,7 +95,9 @@ def spatial_abundance(
     cell_types
         Cell type(s) to draw: columns of the ``obsm[key]`` DataFrames.
     keys
-        ``obsm`` keys of the abundances, one row each.
+        ``obsm`` keys of the abundances, one row each. ``"<key>_width"`` (e.g.
+        ``"pred_abund_width"``) draws the width of the interval that ``hd.tl.predict(...,
+        interval=)`` wrote for ``<key>``: where the prediction is least certain.
     titles
         Row labels; default the keys.
     sample
@@ -93,6 +108,9 @@ def spatial_abundance(
         Longest side, in pixels, of the image drawn behind the spots.
     table_key
         Name of the table.
+    image_key
+        The image to draw where several share the spots' coordinate system (e.g. squidpy's
+        ``normalize_stains`` output beside the raw H&E); several without it are an error listing them.
     figsize
         Figure size in inches of a new figure; default about 3 inches per panel.
     ax
@@ -101,7 +119,9 @@ def spatial_abundance(
 
     Returns
     -------
-    The figure (default), the panels' Axes row by row (``return_fig=False``) or ``None`` (``show=True``).
+    :class:`~matplotlib.figure.Figure`, list of :class:`~matplotlib.axes.Axes` or ``None``
+        ``None`` when the figure is shown (default), the :class:`~matplotlib.figure.Figure` with
+        ``return_fig=True``, else the panels' Axes row by row (``show=False``, or ``ax`` given).
 
     Examples
     --------
@@ -109,7 +129,7 @@ def spatial_abundance(
     >>> sdata = hd.datasets.synthetic(n_spots=200, counts=False)
     >>> table = sdata.tables["table"]
     >>> table.obsm["pred_abund"] = table.obsm["abund"] ** 0.8
-    >>> fig = hd.pl.spatial_abundance(sdata, ["tumour", "lymphocyte"], titles=["truth", "predicted"])
+    >>> hd.pl.spatial_abundance(sdata, ["tumour", "lymphocyte"], titles=["truth", "predicted"])
     """
     if not isinstance(sdata, SpatialData):
         raise TypeError(
@@ -126,7 +146,7 @@ def spatial_abundance(
     adata = get_table(sdata, table_key)
     sample, mask = _sample_spots(adata, sample)
     frames = _abundances(adata, keys, cell_types, mask)
-    geometry = sample_geometry(sdata, sample, table_key=table_key)
+    geometry = sample_geometry(sdata, sample, table_key=table_key, image_key=image_key)
 
     centres = image_pixels(sdata, geometry, np.asarray(adata.obsm[Key.obsm.spatial], dtype=np.float64)[mask, :2])
     diameter = geometry.spot_diameter_px
@@ -171,4 +191,4 @@ def spatial_abundance(
             if col == 0:
                 panel.set_ylabel(titles[row])
         fig.colorbar(spots, ax=list(axes[:, col]), location="bottom", shrink=0.8, aspect=25)
-    return finish(fig, list(axes.ravel()), name="spatial_abundance", show=show, return_fig=return_fig, save=save)
+    return finish(fig, list(axes.ravel()), name="spatial_abundance", ax=ax, show=show, return_fig=return_fig, save=save)

@@ -17,11 +17,10 @@ from histodecon.pp._patches import image_levels
 
 #: Shared parameter docs of the scanpy-style arguments, for the plots' docstrings.
 SHOW_SAVE_DOCS = """show
-        Show the figure with :func:`matplotlib.pyplot.show` and return ``None`` (unless
-        ``return_fig=True``), as scanpy does. Default: not shown, the figure is returned.
+        Show the figure with :func:`matplotlib.pyplot.show` and return ``None``, as scanpy does;
+        ``False``: return the drawn Axes instead. Default: shown unless ``ax`` is given.
     return_fig
-        ``True`` or ``None`` (default): return the :class:`~matplotlib.figure.Figure`;
-        ``False``: return the drawn :class:`~matplotlib.axes.Axes`, as scanpy's ``show=False``.
+        Return the :class:`~matplotlib.figure.Figure` (not shown unless ``show=True``).
     save
         Write the figure to this path (format from the suffix); ``True`` writes
         ``{name}.{format}`` to scanpy's ``sc.settings.figdir`` in ``sc.settings.file_format_figs``."""
@@ -81,19 +80,30 @@ def save_figure(fig: Figure, save: str | Path | bool | None, name: str, dpi: int
 
 def finish(
     fig: Figure,
-    axes: Axes | list[Axes],
+    axes: list[Axes],
     *,
     name: str,
+    ax: object,
     show: bool | None,
-    return_fig: bool | None,
+    return_fig: bool,
     save: str | Path | bool | None,
-) -> Figure | Axes | list[Axes] | None:
-    """Save, show and pick what a plot returns, the scanpy way (see :data:`SHOW_SAVE_DOCS`)."""
+) -> Figure | list[Axes] | None:
+    """Save, show and pick what a plot returns, the scanpy way (see :data:`SHOW_SAVE_DOCS`).
+
+    Returning ``None`` when the figure is shown is what keeps a notebook from drawing it twice:
+    once by ``show``, once more as the cell's value.
+    """
     save_figure(fig, save, name)
+    if return_fig:
+        if show:
+            plt.show()
+        return fig
+    if show is None:
+        show = ax is None  # drawing into the caller's Axes: the caller shows the figure
     if show:
         plt.show()
-        return fig if return_fig else None
-    return axes if return_fig is False else fig
+        return None
+    return axes
 
 
 def doc_show_save(func):

@@ -16,7 +16,9 @@ from xarray import DataArray, DataTree
 
 from histodecon._constants import Key
 from histodecon._geometry import SampleGeometry, image_pixels, sample_geometries
+from histodecon._pyramid import halve
 from histodecon._utils import check_centres, check_samples_named, check_spot_spacing, check_spots_inside, get_table
+from histodecon.pp._stain import PatchNormaliser, StainReference, as_stain_reference, patch_normaliser, stain_record
 
 #: Decoded image chunks kept between reads; bounds memory whatever the slide size.
 CACHE_BYTES = 256 * 2**20
@@ -66,9 +68,13 @@ class _ChunkCache:
 
 
 class _Level:
-    """One pyramid level of one sample's image, with its chunk grid."""
+    """One stored pyramid level of one sample's image, with its chunk grid, read ``halvings`` times halved.
 
-    def __init__(self, level: DataArray, factor_yx: tuple[float, float], name: str) -> None:
+    The halvings make up for a level the image does not store (see :mod:`histodecon._pyramid`):
+    the level read is ``height x width`` pixels, ``factor_yx`` full-resolution pixels each.
+    """
+
+    def __init__(self, level: DataArray, halvings: int, full_hw: tuple[int, int], name: str) -> None:
         data = level.data if isinstance(level.data, da.Array) else da.from_array(level.data)
         if data.shape[0] != 3:
             raise ValueError(
@@ -81,15 +87,21 @@ class _Level:
                 "Convert the image to 8 bits per channel before building the SpatialData."
             )
         self.data = data.rechunk({0: -1})
-        self.height, self.width = self.data.shape[1:]
-        self.factor_yx = factor_yx
+        self.halvings = halvings
+        self.height, self.width = (side >> halvings for side in self.data.shape[1:])
+        self.factor_yx = (full_hw[0] / self.height, full_hw[1] / self.width)
         self.y_edges = np.concatenate([[0], np.cumsum(self.data.chunks[1])])
         self.x_edges = np.concatenate([[0], np.cumsum(self.data.chunks[2])])
 
     def chunks_of(self, y0: int, x0: int, h: int, w: int) -> list[tuple[int, int]]:
-        """Chunk indices overlapping the window ``[y0, y0 + h) x [x0, x0 + w)`` inside the image."""
-        y0, y1 = max(y0, 0), min(y0 + h, self.height)
-        x0, x1 = max(x0, 0), min(x0 + w, self.width)
+        """Chunk indices of the stored level under the window ``[y0, y0 + h) x [x0, x0 + w)`` of the level read."""
+        step = 1 << self.halvings
+        return self._chunks_under(y0 * step, x0 * step, h * step, w * step)
+
+    def _chunks_under(self, y0: int, x0: int, h: int, w: int) -> list[tuple[int, int]]:
+        """Chunk indices overlapping the window ``[y0, y0 + h) x [x0, x0 + w)`` of the stored level."""
+        y0, y1 = max(y0, 0), min(y0 + h, self.data.shape[1])
+        x0, x1 = max(x0, 0), min(x0 + w, self.data.shape[2])
         if y1 <= y0 or x1 <= x0:
             return []
         rows = range(np.searchsorted(self.y_edges, y0, "right") - 1, np.searchsorted(self.y_edges, y1, "left"))
@@ -97,9 +109,29 @@ class _Level:
         return [(i, j) for i in rows for j in cols]
 
     def fill(self, out: np.ndarray, y0: int, x0: int, chunks: dict[tuple[int, int], np.ndarray]) -> None:
-        """Copy the image window starting at ``(y0, x0)`` with the shape of ``out`` into ``out``."""
+        """Copy the window of the level read starting at ``(y0, x0)`` with the shape of ``out`` into ``out``.
+
+        ``out`` must hold :data:`PAD_VALUE` where the window leaves the image.
+        """
+        if self.halvings == 0:
+            self._copy(out, y0, x0, chunks)
+            return
+        step = 1 << self.halvings
         h, w = out.shape[:2]
-        for i, j in self.chunks_of(y0, x0, h, w):
+        stored = np.full((h * step, w * step, 3), PAD_VALUE, dtype=np.uint8)
+        self._copy(stored, y0 * step, x0 * step, chunks)
+        window = np.moveaxis(stored, -1, 0)
+        for _ in range(self.halvings):
+            window = halve(window)
+        ya, yb = max(y0, 0), min(y0 + h, self.height)
+        xa, xb = max(x0, 0), min(x0 + w, self.width)
+        if yb > ya and xb > xa:  # past the level's last pixel stays padding, as in a stored level
+            out[ya - y0 : yb - y0, xa - x0 : xb - x0] = np.moveaxis(window, 0, -1)[ya - y0 : yb - y0, xa - x0 : xb - x0]
+
+    def _copy(self, out: np.ndarray, y0: int, x0: int, chunks: dict[tuple[int, int], np.ndarray]) -> None:
+        """Copy the stored level's window starting at ``(y0, x0)`` with the shape of ``out`` into ``out``."""
+        h, w = out.shape[:2]
+        for i, j in self._chunks_under(y0, x0, h, w):
             cy0, cy1, cx0, cx1 = self.y_edges[i], self.y_edges[i + 1], self.x_edges[j], self.x_edges[j + 1]
             ya, yb = max(y0, cy0), min(y0 + h, cy1)
             xa, xb = max(x0, cx0), min(x0 + w, cx1)
@@ -127,10 +159,19 @@ class SpotPatches:
         Micrometres per pixel of the patches of each sample (plain floats, by sample name).
     padded
         Whether each spot's patch reaches past the image border (that part is white).
+    stain_record
+        The stain reference the patches are normalised to, as plain JSON values (``None``: as scanned).
     """
 
     def __init__(
-        self, sdata: SpatialData, *, size: int, mpp: float | None | Mapping[str, float | None], table_key: str
+        self,
+        sdata: SpatialData,
+        *,
+        size: int,
+        mpp: float | None | Mapping[str, float | None],
+        table_key: str,
+        image_key: str | None = None,
+        stain_reference: StainReference | None = None,
     ) -> None:
         if not isinstance(sdata, SpatialData):
             raise TypeError(
@@ -150,9 +191,12 @@ class SpotPatches:
         check_samples_named(adata, "reading patches")
         spatial = Key.obsm.spatial
         if spatial not in adata.obsm:
-            raise KeyError(f"The table has no `obsm[{spatial!r}]` spot centres. Read the slide with `hd.io`.")
+            raise KeyError(
+                f"The table has no `obsm[{spatial!r}]` spot centres (its obsm keys are {list(adata.obsm)}). Read the slide "
+                "with `hd.io`."
+            )
         centres = check_centres(adata.obsm[spatial], adata.obs_names, f"`obsm[{spatial!r}]`")
-        geometries = sample_geometries(sdata, table_key=table_key)
+        geometries = sample_geometries(sdata, table_key=table_key, image_key=image_key)
         if isinstance(mpp, Mapping) and (missing := sorted(set(geometries) - set(mpp))):
             raise KeyError(f"`mpp` gives no micrometres per pixel for samples {missing}; give one for every sample.")
         spot_samples = adata.obs[Key.obs.sample].astype(str).to_numpy()
@@ -171,6 +215,9 @@ class SpotPatches:
         self._resample: list[bool] = []
         self._cache = _ChunkCache(CACHE_BYTES)
         self._lock = threading.Lock()
+        self._stain_reference = stain_reference
+        self._normalisers: list[PatchNormaliser | None] = []  # per level
+        self.stain_record = stain_record(stain_reference)
 
         for sample, geometry in geometries.items():
             spots = np.flatnonzero(spot_samples == sample)
@@ -198,10 +245,17 @@ class SpotPatches:
                 "and the slide's um/px (is the image a downscaled copy?)."
             )
         check_spots_inside(centres, self.obs_names[spots], full_w, full_h, image_key)
+        # the coarsest level not coarser than the patch's pixels: stored, then halved while that still holds
         chosen = max(i for i, f in enumerate(factors) if i == 0 or max(f) <= scale * LEVEL_TOLERANCE)
-        level = _Level(levels[chosen], factors[chosen], image_key)
+        n_halvings = 0 if mpp is None else int(np.log2(max(scale * LEVEL_TOLERANCE / max(factors[chosen]), 1)))
+        level = _Level(levels[chosen], n_halvings, (full_h, full_w), image_key)
         level_id = len(self._levels)
         self._levels.append(level)
+        self._normalisers.append(
+            None
+            if self._stain_reference is None
+            else patch_normaliser(element, self._stain_reference, image_key=image_key, sample=geometry.sample)
+        )
         self.mpp[spots] = native_mpp if mpp is None else mpp
         self._level[spots] = level_id
 
@@ -253,6 +307,10 @@ class SpotPatches:
             for level_id in np.unique(self._level[index]):
                 rows = np.flatnonzero(self._level[index] == level_id)
                 self._read_level(level_id, index[rows], out, rows)
+        for level_id in np.unique(self._level[index]):  # outside the lock: reading threads normalise in parallel
+            if (normaliser := self._normalisers[level_id]) is not None:
+                rows = np.flatnonzero(self._level[index] == level_id)
+                out[rows] = normaliser(out[rows])
         return out
 
     def _read_level(self, level_id: int, spots: np.ndarray, out: np.ndarray, rows: np.ndarray) -> None:
@@ -287,6 +345,8 @@ def spot_patches(
     size: int = 224,
     mpp: float | None | Mapping[str, float | None] = None,
     table_key: str = Key.tables.table,
+    image_key: str | None = None,
+    stain_reference: StainReference | None = None,
 ) -> SpotPatches:
     """Lazy, indexable patches of ``size`` x ``size`` RGB pixels centred on every spot.
 
@@ -313,11 +373,20 @@ def spot_patches(
         (e.g. a field of a few spot diameters, whatever the spot size of each slide).
     table_key
         Name of the table whose spots are read.
+    image_key
+        The image to read where several share the spots' coordinate system (e.g. the
+        ``f"{image_key}_normalized"`` image of :func:`squidpy.experimental.im.normalize_stains`
+        beside the raw H&E); several without it are an error that lists them.
+    stain_reference
+        Normalise the patches to this stain reference (:func:`histodecon.pp.stain_reference`,
+        its record, or a fitted model whose training reference to use) with squidpy's transform,
+        lazily: only the image chunks under the patches read are normalised. ``None``: as scanned.
 
     Returns
     -------
-    A :class:`SpotPatches`; parts of a patch beyond the image border are white (255) and
-    flagged in ``SpotPatches.padded``.
+    :class:`~histodecon.pp.SpotPatches`
+        A :class:`SpotPatches`; parts of a patch beyond the image border are white (255) and
+        flagged in ``SpotPatches.padded``.
 
     Examples
     --------
@@ -337,4 +406,11 @@ def spot_patches(
     >>> round(patches.sample_mpp["synthetic"] * 112)
     110
     """
-    return SpotPatches(sdata, size=size, mpp=mpp, table_key=table_key)
+    return SpotPatches(
+        sdata,
+        size=size,
+        mpp=mpp,
+        table_key=table_key,
+        image_key=image_key,
+        stain_reference=as_stain_reference(stain_reference),
+    )

@@ -11,7 +11,7 @@ import pandas as pd
 
 from histodecon._constants import Key
 from histodecon._cost import measure_cost, training_cost
-from histodecon._settings import logger, settings
+from histodecon._settings import logger, progress_option, settings
 from histodecon._utils import Slide, as_slide_list, encoder_names
 from histodecon.metrics._scores import cc_score, l1_score
 
@@ -109,6 +109,7 @@ def _score(
     return rows, summary
 
 
+@progress_option
 def cross_validate(
     slides: Slide | Sequence[Slide] | None = None,
     *,
@@ -122,6 +123,7 @@ def cross_validate(
     keep_predictions: bool = False,
     device: str | None = None,
     seed: int = 0,
+    progress: bool | None = None,
     **hyperparameters: Any,
 ) -> CVResult:
     """Evaluate the regressor on held-out slides, by leave-one-group-out or across datasets.
@@ -177,11 +179,14 @@ def cross_validate(
         Seed of every model trained.
     **hyperparameters
         Fields of :class:`Hyperparameters`, as in :func:`fit`.
+    progress
+        Show progress bars for this call; ``None`` follows :attr:`histodecon.settings.progress`.
 
     Returns
     -------
-    A :class:`CVResult` with ``scores`` (per cell type) and ``summary`` (per slide), the
-    regressor's rows with ``model == "mlp"``; see it for the columns.
+    :class:`~histodecon.tl.CVResult`
+        A :class:`CVResult` with ``scores`` (per cell type) and ``summary`` (per slide), the
+        regressor's rows with ``model == "mlp"``; see it for the columns.
 
     Examples
     --------

@@ -11,7 +11,7 @@ from scipy import sparse
 
 from histodecon._constants import Key
 from histodecon._docs import inject_docs
-from histodecon._settings import logger, settings
+from histodecon._settings import logger, progress_option, settings
 from histodecon._utils import (
     Slide,
     as_slide_list,
@@ -123,6 +123,7 @@ def _spots(tables: list[AnnData], slide_counts: list[sparse.csr_matrix], genes: 
 
 
 @inject_docs
+@progress_option
 def deconvolve(
     slides: Slide | Sequence[Slide],
     reference: AnnData | pd.DataFrame,
@@ -140,6 +141,7 @@ def deconvolve(
     key_added: str = Key.obsm.abund,
     overwrite: bool = False,
     table_key: str = Key.tables.table,
+    progress: bool | None = None,
 ) -> None:
     """Cell-type abundances of every spot from its counts, by cell2location.
 
@@ -183,6 +185,8 @@ def deconvolve(
     {{key_added}}
     {{overwrite}}
     {{table_key}}
+    progress
+        Show progress bars for this call; ``None`` follows :attr:`histodecon.settings.progress`.
 
     Returns
     -------

@@ -14,12 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from anndata import AnnData
 from spatialdata import SpatialData
-from tqdm.auto import tqdm
 
 from histodecon import encoders
 from histodecon._constants import Key
 from histodecon._docs import inject_docs
-from histodecon._settings import logger, settings
+from histodecon._settings import logger, progress_bar, progress_option, settings
 from histodecon._utils import (
     as_slide_list,
     check_overwrite,
@@ -29,22 +28,29 @@ from histodecon._utils import (
     samples_of,
     write_result,
 )
+from histodecon.pp import spot_patches
+from histodecon.pp._stain import StainReference, as_stain_reference
 
 from ._embedding._patch_field import ENCODER_FIELD, EncoderField, with_patch_field
 from ._embedding._request import checked_tables, image_slides, weights_per_model
-from ._embedding._store import spots_fingerprint
+from ._embedding._store import pixels_sha256, spots_fingerprint
 from ._embedding._writer import write_embedding
+from ._estimator._applicability import judge, warn_outside
+from ._estimator._calibration import check_calibrated, check_interval
 from ._estimator._field_match import PATCH_FIELD_UM, warn_on_other_fields
-from ._estimator._file import model_paths, read_provenance
-from ._estimator._hub import locate_model
 from ._estimator._regressor import AbundanceRegressor
+from ._estimator._stain_match import STAIN_REFERENCE, warn_on_other_stain
 from ._worker import embed_task, predict_task
 
 if TYPE_CHECKING:
     from distributed import Client
 
+#: Side, in native pixels, of the crops under a few spots whose pixels name a slide's store.
+FINGERPRINT_SIZE = 16
+
 
 @inject_docs
+@progress_option
 def embed_many(
     slides: Sequence[SpatialData],
     models: str | Sequence[str] = ("handcrafted",),
@@ -60,6 +66,9 @@ def embed_many(
     overwrite: bool = False,
     patch_size: int | EncoderField = ENCODER_FIELD,
     mpp: float | None | EncoderField = ENCODER_FIELD,
+    image_key: str | None = None,
+    stain_reference: StainReference | Any | None = None,
+    progress: bool | None = None,
 ) -> None:
     """Embed many slides, one task per slide, on a dask cluster or one after another here.
 
@@ -107,11 +116,16 @@ def embed_many(
     patch_size, mpp
         The patch field of every model, as in :func:`histodecon.tl.embed` (default each
         encoder's own; ``mpp=None``: native pixels).
+    {{image_key}}
+    {{stain_reference}}
+    progress
+        Show progress bars for this call; ``None`` follows :attr:`histodecon.settings.progress`.
 
     Returns
     -------
-    ``None``. Writes ``obsm["X_<name>"]`` and ``uns["histodecon"]["embeddings"][name]`` to
-    every slide's table, as :func:`histodecon.tl.embed` does.
+    ``None``
+        Writes ``obsm["X_<name>"]`` and ``uns["histodecon"]["embeddings"][name]`` to
+        every slide's table, as :func:`histodecon.tl.embed` does.
 
     Examples
     --------
@@ -130,12 +144,13 @@ def embed_many(
     for entry in entries:
         with_patch_field(entry, patch_size=patch_size, mpp=mpp)  # a bad field fails here, before any task
     weights = {name: os.fspath(path) for name, path in weights_per_model(weights, names).items()}
+    stain_reference = as_stain_reference(stain_reference)
     tables = checked_tables(
         slides, names, batch_size=batch_size, num_workers=num_workers, table_key=table_key, overwrite=overwrite
     )
     if device is not None:
         settings.check_device_name(device)  # a worker checks that it has the device
-    paths = [Path(stores) / f"{slide_id}.zarr" for slide_id in _slide_ids(tables)]
+    paths = [Path(stores) / f"{slide_id}.zarr" for slide_id in _slide_ids(slides, tables, table_key)]
     Path(stores).mkdir(parents=True, exist_ok=True)
 
     options = {
@@ -147,6 +162,9 @@ def embed_many(
         "table_key": table_key,
         "patch_size": patch_size,
         "mpp": mpp,
+        "image_key": image_key,
+        "stain_reference": stain_reference,
+        "models": {} if client is None else None,  # here: models released after the run; workers keep theirs
     }
     arguments = [(slide, os.fspath(path)) for slide, path in zip(slides, paths, strict=True)]
     for i, results in _run(embed_task, arguments, options, client, resources, "embed"):
@@ -155,6 +173,7 @@ def embed_many(
 
 
 @inject_docs
+@progress_option
 def predict_many(
     slides: Sequence[SpatialData | AnnData],
     model: AbundanceRegressor | str | os.PathLike,
@@ -164,12 +183,14 @@ def predict_many(
     table_key: str = Key.tables.table,
     key_added: str = Key.obsm.pred_abund,
     overwrite: bool = False,
+    interval: float | None = None,
+    progress: bool | None = None,
 ) -> None:
     """Predict cell-type abundances of many slides, one task per slide, like :func:`histodecon.tl.predict`.
 
-    Only each slide's embeddings travel to the workers, never its images. The model is
-    either a fitted :class:`AbundanceRegressor`, sent once to every worker, or the path of a
-    saved one, which each worker loads (and checks) once. Prediction is cheap: a client
+    Only each slide's embeddings travel to the workers, never its images. The model (a fitted
+    :class:`AbundanceRegressor`, or the path of a saved one, loaded and checked here before any
+    task is sent) is sent once to every worker. Prediction is cheap: a client
     pays off when the slides' tables are large or the predictions run next to
     :func:`embed_many` on the same cluster.
 
@@ -179,8 +200,7 @@ def predict_many(
         SpatialData or AnnData slides holding the embeddings the model was trained on.
     model
         A fitted :class:`AbundanceRegressor`, the path given to
-        :meth:`AbundanceRegressor.save` (readable by every worker), or a Hugging Face Hub
-        repository id, fetched into the local cache before the tasks start.
+        :meth:`AbundanceRegressor.save`, or a Hugging Face Hub repository id.
     client
         A :class:`distributed.Client`; ``None`` predicts one slide after another here.
     resources
@@ -188,11 +208,18 @@ def predict_many(
     {{table_key}}
     {{key_added}}
     {{overwrite}}
+    interval
+        Coverage level in (0, 1) of per-spot prediction intervals, as in :func:`histodecon.tl.predict`.
+    progress
+        Show progress bars for this call; ``None`` follows :attr:`histodecon.settings.progress`.
 
     Returns
     -------
-    ``None``. Writes ``obsm[key_added]`` and ``uns["histodecon"]["predictions"][key_added]`` to
-    every slide's table, as :func:`histodecon.tl.predict` does.
+    ``None``
+        Writes ``obsm[key_added]`` (with ``interval``, its bounds ``obsm[f"{key_added}_lower"]``
+        and ``obsm[f"{key_added}_upper"]``), ``uns["histodecon"]["predictions"][key_added]`` and
+        ``uns["histodecon"]["applicability"]`` (judged and warned here, on the client) to every
+        slide's table, as :func:`histodecon.tl.predict` does.
 
     Examples
     --------
@@ -206,50 +233,55 @@ def predict_many(
     True
     """
     slides = as_slide_list(slides)
-    if isinstance(model, AbundanceRegressor):
-        model.check_fitted()
-        features, trained = model.feature_keys, model.provenance.get(PATCH_FIELD_UM, {})
-    elif isinstance(model, str | os.PathLike):
-        model = locate_model(model)  # a Hub repository id: downloaded (or found in the cache) here, once
-        _, sidecar = model_paths(model)
-        if not sidecar.exists():
-            raise FileNotFoundError(f"{sidecar} not found; pass a fitted model or the path given to `model.save`.")
-        model = os.path.abspath(model)
-        features, trained = None, read_provenance(model).get(PATCH_FIELD_UM, {})
-    else:
+    interval = check_interval(interval)
+    if isinstance(model, str | os.PathLike):
+        model = AbundanceRegressor.load(model)  # loaded and checked once, here, before any task is sent
+    if not isinstance(model, AbundanceRegressor):
         raise TypeError(
             f"`model` must be an AbundanceRegressor or the path of a saved one, got {type(model).__name__}."
         )
+    model.check_fitted()
+    if interval is not None:
+        check_calibrated(model.calibration)
     tables = [get_table(slide, table_key) for slide in slides]
+    written = (key_added, *(Key.obsm.interval_bounds(key_added) if interval is not None else ()))
     for table in tables:
-        check_overwrite(table.obsm, key_added, "adata.obsm", overwrite)
+        for key in written:
+            check_overwrite(table.obsm, key, "adata.obsm", overwrite)
     for table in tables:  # here: warnings on the workers would not reach the user
-        warn_on_other_fields(table, trained)
-    if client is not None and isinstance(model, AbundanceRegressor):
-        model = client.scatter(model, broadcast=True, hash=False)
-
-    arguments = [(_embeddings_only(table, features), model) for table in tables]
-    options = {"key_added": key_added}
-    for i, (prediction, record) in _run(predict_task, arguments, options, client, resources, "predict"):
-        write_result(tables[i], "obsm", key_added, prediction, overwrite=overwrite)
+        warn_on_other_fields(table, model.provenance.get(PATCH_FIELD_UM, {}))
+        warn_on_other_stain(table, model.feature_keys, model.provenance.get(STAIN_REFERENCE))
+    applicability = [judge(table, model.provenance, model.feature_keys, model.feature_dims) for table in tables]
+    for verdicts in applicability:
+        warn_outside(verdicts)
+    shipped = model if client is None else client.scatter(model, broadcast=True, hash=False)
+    arguments = [(_embeddings_only(table, model.feature_keys), shipped) for table in tables]
+    options = {"key_added": key_added, "interval": interval}
+    for i, (frames, record) in _run(predict_task, arguments, options, client, resources, "predict"):
+        for key, frame in frames.items():
+            write_result(tables[i], "obsm", key, frame, overwrite=overwrite)
         provenance(tables[i]).setdefault(Key.uns.predictions, {})[key_added] = record
+        provenance(tables[i]).setdefault(Key.uns.applicability, {}).update(applicability[i])
 
 
-def _slide_ids(tables: Sequence[AnnData]) -> list[str]:
-    """A file-name-safe name per slide: its samples and a fingerprint of its spot names and coordinates.
+def _slide_ids(slides: Sequence[SpatialData], tables: Sequence[AnnData], table_key: str) -> list[str]:
+    """A file-name-safe name per slide: its samples, a fingerprint of its spots and one of the pixels under them.
 
-    The fingerprint keeps apart slides whose samples share a name (legacy ST ids repeat on
-    every section); the store itself also checks the image pixels under its spots.
+    The fingerprints keep apart slides whose samples share a name (legacy ST ids repeat on
+    every section, and so do sample names across studies): another slide gets a store of its
+    own in the same folder, the cache of :func:`embed_many`.
     """
     ids = [
-        "+".join(re.sub(r"[^\w.-]", "_", str(sample)) for sample in samples_of(table)) + f"-{spots_fingerprint(table)}"
-        for table in tables
+        "+".join(re.sub(r"[^\w.-]", "_", str(sample)) for sample in samples_of(table))
+        + f"-{spots_fingerprint(table)}"
+        + f"-{pixels_sha256(spot_patches(slide, size=FINGERPRINT_SIZE, table_key=table_key))[:8]}"
+        for slide, table in zip(slides, tables, strict=True)
     ]
     repeated = sorted({slide_id for slide_id in ids if ids.count(slide_id) > 1})
     if repeated:
         raise ValueError(
-            f"Several slides have the same samples, spot names and coordinates ({repeated}), so they would share a "
-            "store. Drop the duplicates from `slides`, or give each slide its own `obs['sample']`."
+            f"Several slides have the same samples, spots and pixels under them ({repeated}), so they would share a "
+            "store. Drop the duplicates from `slides`."
         )
     return ids
 
@@ -282,10 +314,9 @@ def _run(
 ) -> Iterator[tuple[int, Any]]:
     """Yield ``(slide index, result)`` as slides finish; raise once at the end, naming every failed slide."""
     n, failures = len(arguments), {}
-    bar = tqdm(total=n, desc=f"{what} slides", unit="slide", disable=not settings.progress)
+    bar = progress_bar(total=n, desc=f"{what} slides", unit="slide")
     if client is None:
-        models: dict = {}
-        outcomes = ((i, _attempt(task, *args, **options, models=models)) for i, args in enumerate(arguments))
+        outcomes = ((i, _attempt(task, *args, **options)) for i, args in enumerate(arguments))
     else:
         logger.info(f"Submitting {n} slides to {len(client.scheduler_info()['workers'])} dask workers")
         outcomes = _gathered(client, task, arguments, options, resources)

@@ -12,8 +12,9 @@ from spatialdata import SpatialData
 from histodecon import encoders
 from histodecon._constants import Key
 from histodecon._docs import inject_docs
-from histodecon._settings import settings
+from histodecon._settings import progress_option, settings
 from histodecon._utils import encoder_names
+from histodecon.pp._stain import StainReference, as_stain_reference
 
 from ._embedding._patch_field import (
     ENCODER_FIELD,
@@ -25,10 +26,12 @@ from ._embedding._patch_field import (
 )
 from ._embedding._request import checked_tables, image_slides, weights_per_model
 from ._embedding._slide import embed_slide
+from ._embedding._slide_record import slide_record
 from ._embedding._writer import write_embedding
 
 
 @inject_docs
+@progress_option
 def embed(
     data: SpatialData | Sequence[SpatialData],
     models: str | Sequence[str] = ("handcrafted",),
@@ -42,6 +45,9 @@ def embed(
     store: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     patch_size: int | EncoderField = ENCODER_FIELD,
     mpp: float | None | EncoderField = ENCODER_FIELD,
+    image_key: str | None = None,
+    stain_reference: StainReference | Any | None = None,
+    progress: bool | None = None,
 ) -> None:
     """Embed the image patch of every spot with each encoder in ``models``.
 
@@ -90,14 +96,23 @@ def embed(
         2.24 spot diameters for ``handcrafted``: 224 um on 100 um legacy ST spots, 123 um on
         55 um Visium spots). A number or ``None`` here replaces an encoder's ``field_spots``.
         See :doc:`/large_slides` for the field of the weights-free encoder.
+    {{image_key}}
+    {{stain_reference}}
+    progress
+        Show progress bars for this call; ``None`` follows :attr:`histodecon.settings.progress`.
 
     Returns
     -------
-    ``None``. Writes, for each model ``name``, ``obsm["X_<name>"]`` (float32, spots x
-    dim, in table order) and its provenance ``uns["histodecon"]["embeddings"][name]``
-    (model, dim, weights file and sha256, patch size, input size, mpp (``None``: native
-    pixels), ``field_spots``, ``patch_mpp`` (the um/px read, per sample), batch size,
-    device, autocast, package versions, date, and ``cost``: patches per second and peak memory).
+    ``None``
+        Writes, for each model ``name``, ``obsm["X_<name>"]`` (float32, spots x
+        dim, in table order) and its provenance ``uns["histodecon"]["embeddings"][name]``
+        (model, dim, weights file and sha256, patch size, input size, mpp (``None``: native
+        pixels), ``field_spots``, ``patch_mpp`` (the um/px read, per sample), batch size,
+        device, autocast, package versions, date, ``stain_reference`` (method and arrays as plain
+        lists; ``None``: not normalised), ``cost``: patches per second and peak memory, and
+        ``samples``: each sample's native µm/px and squidpy's H and E stain vectors, estimated on a
+        bounded sample of small in-tissue patches, which :func:`predict` compares with the training
+        slides').
 
     Examples
     --------
@@ -118,16 +133,27 @@ def embed(
     >>> hd.tl.embed(sdata, models=["handcrafted"], overwrite=True)
     >>> sdata.tables["table"].uns["histodecon"]["embeddings"]["handcrafted"]["patch_mpp"]
     {'synthetic': 1.1}
+
+    Normalised to a stain reference fitted over training slides (see :doc:`/stain`):
+
+    >>> reference = hd.pp.stain_reference([sdata])
+    >>> hd.tl.embed(sdata, stain_reference=reference, overwrite=True)
+    >>> sdata.tables["table"].uns["histodecon"]["embeddings"]["handcrafted"]["stain_reference"]["method"]
+    'macenko'
     """
     slides = image_slides(data, "data")
     names = encoder_names(models, "models")
     entries = [with_patch_field(encoders.get(name), patch_size=patch_size, mpp=mpp) for name in names]
     weights = weights_per_model(weights, names)
     stores = _stores_per_slide(store, len(slides))
+    stain_reference = as_stain_reference(stain_reference)
     tables = checked_tables(
         slides, names, batch_size=batch_size, num_workers=num_workers, table_key=table_key, overwrite=overwrite
     )
-    patches = [field_patches(slide, entries, table_key=table_key) for slide in slides]
+    patches = [
+        field_patches(slide, entries, table_key=table_key, image_key=image_key, stain_reference=stain_reference)
+        for slide in slides
+    ]
 
     device = settings.torch_device(device)
     results: dict[tuple[int, str], tuple[np.ndarray, dict]] = {}
@@ -146,10 +172,11 @@ def embed(
             )
         del encoder
 
+    images = [slide_record(slide, table_key, image_key=image_key, stain_reference=stain_reference) for slide in slides]
     for i, table in enumerate(tables):
         for name in names:
             embedding, record = results[i, name]
-            write_embedding(table, name, embedding, record, overwrite=overwrite)
+            write_embedding(table, name, embedding, record | {"samples": images[i]}, overwrite=overwrite)
 
 
 def _stores_per_slide(store: Any, n_slides: int) -> list[str | os.PathLike | None]:

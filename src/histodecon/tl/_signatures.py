@@ -15,7 +15,7 @@ from anndata import AnnData
 from scipy import sparse
 
 from histodecon._docs import inject_docs
-from histodecon._settings import logger, settings
+from histodecon._settings import logger, progress_option, settings
 from histodecon._utils import check_storable_names
 
 #: cell2location's ``filter_genes`` defaults: genes seen in more than 5% of cells are kept, and
@@ -187,6 +187,7 @@ def reference_cells(ref: AnnData, *, labels_key: str | None, batch_key: str | No
 
 
 @inject_docs
+@progress_option
 def reference_signatures(
     ref: AnnData,
     *,
@@ -197,6 +198,7 @@ def reference_signatures(
     num_samples: int = 1000,
     seed: int = 0,
     device: str | None = None,
+    progress: bool | None = None,
 ) -> pd.DataFrame:
     """Cell-type expression signatures of a labelled single-cell reference, by cell2location.
 
@@ -222,6 +224,8 @@ def reference_signatures(
     seed
         Seed of the training (torch's random state is restored afterwards).
     {{device}}
+    progress
+        Show progress bars for this call; ``None`` follows :attr:`histodecon.settings.progress`.
 
     Returns
     -------

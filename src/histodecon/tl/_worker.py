@@ -11,6 +11,7 @@ import ctypes
 import functools
 import os
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ from histodecon import encoders
 from histodecon._constants import Key
 from histodecon._settings import logger, settings
 from histodecon._utils import get_table, provenance
+from histodecon.pp._stain import StainReference
 
 from ._embedding._patch_field import (
     ENCODER_FIELD,
@@ -33,7 +35,8 @@ from ._embedding._patch_field import (
     with_patch_field,
 )
 from ._embedding._slide import embed_slide
-from ._estimator._file import model_paths
+from ._embedding._slide_record import slide_record
+from ._estimator._applicability import ApplicabilityWarning
 from ._estimator._regressor import AbundanceRegressor
 from ._predict import predict
 
@@ -61,11 +64,14 @@ def embed_task(
     table_key: str,
     patch_size: int | EncoderField = ENCODER_FIELD,
     mpp: float | None | EncoderField = ENCODER_FIELD,
+    image_key: str | None = None,
+    stain_reference: StainReference | None = None,
     models: dict | None = None,
 ) -> dict[str, tuple]:
     """Embeddings and provenance of one slide per model, saved batch by batch to ``store``.
 
-    ``patch_size`` and ``mpp`` choose the patch field (:func:`histodecon.tl.embed`); the
+    ``patch_size`` and ``mpp`` choose the patch field, ``image_key`` the image and
+    ``stain_reference`` the stain normalisation (:func:`histodecon.tl.embed`); the
     registry ``entries`` and the cached encoders are left as they are. ``models`` caches the
     loaded encoders; ``None`` uses this process's :data:`WORKER_MODELS`.
     """
@@ -74,7 +80,9 @@ def embed_task(
     results = {}
     with worker_settings():
         fields = [with_patch_field(entry, patch_size=patch_size, mpp=mpp) for entry in entries]
-        patches = field_patches(slide, fields, table_key=table_key)
+        patches = field_patches(
+            slide, fields, table_key=table_key, image_key=image_key, stain_reference=stain_reference
+        )
         table = get_table(slide, table_key)
         for entry, field in zip(entries, fields, strict=True):
             encoder = cached(
@@ -91,23 +99,23 @@ def embed_task(
                 num_workers=num_workers,
                 store=store,
             )
-    return results
+        images = slide_record(slide, table_key, image_key=image_key, stain_reference=stain_reference)
+    return {name: (embedding, record | {"samples": images}) for name, (embedding, record) in results.items()}
 
 
 def predict_task(
-    table: AnnData, model: AbundanceRegressor | str, *, key_added: str, models: dict | None = None
-) -> tuple[pd.DataFrame, dict]:
-    """Predictions of one slide's table and their provenance record.
+    table: AnnData, model: AbundanceRegressor, *, key_added: str, interval: float | None
+) -> tuple[dict[str, pd.DataFrame], dict]:
+    """Predictions of one slide's table (with ``interval``, their bounds too) by ``obsm`` key, and their provenance.
 
-    ``model`` is a fitted regressor or the path of a saved one, loaded once per process into
-    ``models`` (``None``: :data:`WORKER_MODELS`) and again only when the file changes.
+    The client judges the slide's applicability and warns (:func:`histodecon.tl.predict_many`), so
+    the same warning from here, in this process without a client, would come twice.
     """
-    if not isinstance(model, AbundanceRegressor):
-        models = WORKER_MODELS if models is None else models
-        stamp = os.stat(model_paths(model)[0]).st_mtime_ns
-        model = cached(models, ("regressor", model, stamp), lambda: AbundanceRegressor.load(model))
-    predict(table, model, key_added=key_added)
-    return table.obsm[key_added], provenance(table)[Key.uns.predictions][key_added]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ApplicabilityWarning)
+        predict(table, model, key_added=key_added, interval=interval)
+    keys = (key_added, *(Key.obsm.interval_bounds(key_added) if interval is not None else ()))
+    return {key: table.obsm[key] for key in keys}, provenance(table)[Key.uns.predictions][key_added]
 
 
 def load_encoder(entry: encoders.Encoder, weights: str | None, device: Any) -> encoders.PatchEncoder:

@@ -47,11 +47,25 @@ def test_another_field_warns_with_the_fix_and_the_fix_silences_it(model_and_slid
     hd.tl.embed(sdata, mpp=2.0)  # 224 um patches
     (message,) = _field_warnings(model, sdata)
     assert "'wide' (224 µm)" in message and "(123 µm)" in message
-    assert "hd.tl.embed(sdata, ['handcrafted'], patch_size=112, mpp=1.1, overwrite=True)" in message
+    # trained on the encoder's default field, which covers it on this slide too: the call is the default one
+    # (mutation: the old patch_size/mpp suggestion built from the slide's own patch size fails here)
+    assert "`hd.tl.embed(sdata, ['handcrafted'], overwrite=True)` (the encoder's default field)" in message
 
     model.save(tmp_path / "model")  # the record survives saving
     assert len(_field_warnings(hd.tl.AbundanceRegressor.load(tmp_path / "model"), sdata)) == 1
 
+    hd.tl.embed(sdata, ["handcrafted"], overwrite=True)
+    assert _field_warnings(model, sdata) == []
+
+
+def test_where_the_default_field_differs_the_fix_names_the_training_field(model_and_slides):
+    """ST-sized spots: the spot-relative default gives 224 um; the fix reads 123 um at the encoder's 112 px."""
+    model, _ = model_and_slides
+    sdata = hd.datasets.synthetic(n_spots=40, seed=6, sample="st", spot_diameter_um=100.0)
+    hd.tl.embed(sdata)  # the default field: 2.24 spot diameters, 224 um
+    (message,) = _field_warnings(model, sdata)
+    assert "'st' (224 µm)" in message
+    assert "`hd.tl.embed(sdata, ['handcrafted'], patch_size=112, mpp=1.1, overwrite=True)`" in message
     hd.tl.embed(sdata, ["handcrafted"], patch_size=112, mpp=1.1, overwrite=True)
     assert _field_warnings(model, sdata) == []
 
@@ -78,7 +92,7 @@ def test_encoder_names_with_colons_are_matched_through_their_record(monkeypatch)
         model = hd.tl.fit(slides, features=["lab:handcrafted"], target="abund", max_epochs=2)
     assert model.provenance["patch_field_um"] == {"lab_handcrafted": [pytest.approx(123.2), pytest.approx(123.2)]}
     (message,) = _field_warnings(model, wide)
-    assert "hd.tl.embed(sdata, ['lab:handcrafted'], patch_size=112, mpp=1.1, overwrite=True)" in message
+    assert "`hd.tl.embed(sdata, ['lab:handcrafted'], overwrite=True)` (the encoder's default field)" in message
 
 
 def test_predict_many_warns_here_for_a_model_object_and_a_saved_one(model_and_slides, tmp_path):

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 import histodecon as hd
 from histodecon.tl._estimator._file import record_checksum
 from histodecon.tl._estimator._network import loss_terms, training_loss
-from histodecon.tl._estimator._training import validation_split as _validation_split
+from histodecon.tl._estimator._training import validation_folds as _validation_folds
 from histodecon.tl._estimator._training import weighted_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -104,14 +104,19 @@ def test_fitted_attributes(trained):
     assert trained.feature_keys == ["a", "b"] and trained.feature_dims == [4, 2]
     assert trained.cell_types == ["tumour", "T cells", "fibroblasts"]
     history = trained.history
-    assert list(history.columns) == ["epoch", "train_loss", "val_loss"]
-    assert history["epoch"].tolist() == list(range(1, len(history) + 1))
-    assert trained.best_epoch == history.loc[history["val_loss"].idxmin(), "epoch"]
-    assert trained.validation_scores["loss"] == pytest.approx(history["val_loss"].min())
-    assert trained.validation_scores["cc"] > 0.8
+    assert list(history.columns) == ["fold", "epoch", "train_loss", "val_loss"]
+    fold_best = []
+    for _, fold in history.groupby("fold"):  # every fold counts its epochs from 1 and keeps its best one
+        assert fold["epoch"].tolist() == list(range(1, len(fold) + 1))
+        fold_best.append(fold.loc[fold["val_loss"].idxmin(), "epoch"])
     prov = trained.provenance
-    assert prov["validation_split"] == "spots" and prov["n_validation_spots"] == 60
-    assert prov["n_training_spots"] == 540 and prov["seed"] == 0
+    assert prov["early_stopping"]["fold_epochs"] == fold_best and len(fold_best) == 3
+    assert trained.best_epoch == round(np.median(fold_best))  # the refit's epochs: the folds' median
+    assert trained.validation_scores["loss"] == pytest.approx(history.groupby("fold")["val_loss"].min().mean())
+    assert trained.validation_scores["cc"] > 0.8
+    assert prov["validation_split"] == "spots" and prov["n_validation_spots"] == 180  # 3 disjoint folds of 60
+    assert prov["early_stopping"]["fold_validation_spots"] == [60, 60, 60]
+    assert prov["n_training_spots"] == 600 and prov["seed"] == 0
     assert prov["loss_weights"] == {"mse": 1.0, "mae": 1.0, "pearson": 1.0}
     assert set(prov["versions"]) == {"histodecon", "torch", "numpy"}
 
@@ -120,7 +125,10 @@ def test_early_stopping_keeps_the_best_epoch():
     rng = np.random.default_rng(3)
     x, y = rng.normal(size=(200, 5)), rng.random((200, 2))  # no signal: validation loss soon rises
     model = hd.tl.AbundanceRegressor(hidden=(64, 64), lr=1e-2, max_epochs=500, patience=3, batch_size=32).fit(x, y)
-    assert len(model.history) == model.best_epoch + 3 < 500
+    for (_, fold), best in zip(
+        model.history.groupby("fold"), model.provenance["early_stopping"]["fold_epochs"], strict=True
+    ):
+        assert len(fold) == best + 3 < 500  # each fold stops `patience` epochs after its best
     assert model.cell_types == ["0", "1"] and model.feature_keys == ["features"]
 
 
@@ -155,21 +163,32 @@ def test_same_seed_gives_bit_identical_predictions_in_another_process():
     assert other.stdout == hashlib.sha256(pred.tobytes()).hexdigest()
 
 
-def test_validation_split_holds_out_whole_groups():
-    groups = np.repeat(["s1", "s2", "s3", "s4"], [10, 20, 30, 40])
-    train, val, how = _validation_split(100, groups, 0.25, np.random.default_rng(0))
-    assert how == "groups"
-    assert set(groups[train]).isdisjoint(groups[val]) and len(set(groups[val])) == 1
-    assert sorted(np.concatenate([train, val])) == list(range(100))
-    train, val, how = _validation_split(100, groups[:30], 0.1, np.random.default_rng(0))  # two groups: spots
-    assert how == "spots" and len(val) == 10
+def test_validation_folds_hold_out_every_group_in_turn():
+    groups = np.repeat(["s1", "s2", "s3"], [10, 20, 30])
+    folds, how = _validation_folds(60, groups, 0.1, np.random.default_rng(0))
+    assert how == "groups" and len(folds) == 3  # each slide held out once, whatever the seed
+    assert sorted(groups[f][0] for f in folds) == ["s1", "s2", "s3"]
+    assert all(len(set(groups[f])) == 1 for f in folds) and sorted(np.concatenate(folds)) == list(range(60))
+    folds, how = _validation_folds(30, groups[:30], 0.1, np.random.default_rng(0))  # two slides: spot folds
+    assert how == "spots" and [len(f) for f in folds] == [3, 3, 3] and len(set(np.concatenate(folds))) == 9
+    many = np.repeat([f"s{i}" for i in range(36)], 5)  # many slides: 3 folds of round(0.1 * 36) slides
+    folds, how = _validation_folds(len(many), many, 0.1, np.random.default_rng(0))
+    assert [len(set(many[f])) for f in folds] == [4, 4, 4]
+    assert len(set(np.concatenate([many[f] for f in folds]))) == 12  # disjoint
+    folds, how = _validation_folds(100, None, 0.1, np.random.default_rng(0))  # no groups: random spots
+    assert how == "spots" and [len(f) for f in folds] == [10, 10, 10] and len(set(np.concatenate(folds))) == 30
 
 
 def test_fit_with_groups_records_them():
     x, y = nonlinear_data(120, seed=5)
     groups = np.repeat(["s1", "s2", "s3"], 40)
     model = hd.tl.AbundanceRegressor(hidden=(8,), max_epochs=2).fit(x, y, groups=groups)
-    assert model.provenance["validation_split"] == "groups" and model.provenance["n_validation_spots"] == 40
+    assert model.provenance["validation_split"] == "groups" and model.provenance["n_validation_spots"] == 120
+    assert sorted(g for fold in model.provenance["early_stopping"]["fold_validation_groups"] for g in fold) == [
+        "s1",
+        "s2",
+        "s3",
+    ]
     assert model.provenance["groups"] == ["s1", "s2", "s3"]
 
 
@@ -191,6 +210,7 @@ def test_save_load_round_trip(trained, tmp_path):
     assert loaded.cell_types == trained.cell_types and loaded.best_epoch == trained.best_epoch
     assert loaded.hyperparameters == trained.hyperparameters
     assert loaded.validation_scores == trained.validation_scores
+    assert loaded.calibration == trained.calibration and loaded.calibration["n_spots"] == 180
     pd.testing.assert_frame_equal(loaded.history, trained.history, check_dtype=False)
     with pytest.raises(FileExistsError, match="overwrite=True"):
         trained.save(tmp_path / "model.json")
@@ -267,7 +287,7 @@ def test_model_file_of_version_1_with_former_loss_weight_names_loads(trained, tm
         hyperparameters.pop("mae_weight"),
         hyperparameters.pop("pearson_weight"),
     )
-    del hyperparameters["target_scale"], record["inputs"]  # added in version 3
+    del hyperparameters["target_scale"], record["inputs"], record["calibration"]  # added in versions 3 and 4
     record["version"] = 1
     _write_signed(sidecar, record)
     loaded = hd.tl.AbundanceRegressor.load(sidecar)

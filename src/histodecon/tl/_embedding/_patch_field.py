@@ -20,6 +20,7 @@ from histodecon._geometry import sample_geometries
 from histodecon._utils import check_positive, check_positive_int
 from histodecon.encoders import Encoder, PatchEncoder
 from histodecon.pp import SpotPatches, spot_patches
+from histodecon.pp._stain import StainReference
 
 #: Default of ``patch_size=`` and ``mpp=``: the encoder's own registry entry.
 ENCODER_FIELD = "encoder"
@@ -58,7 +59,9 @@ def field_encoder(encoder: PatchEncoder, entry: Encoder) -> PatchEncoder:
     return chosen
 
 
-def patch_mpp(entry: Encoder, sdata: SpatialData, *, table_key: str) -> float | None | dict[str, float]:
+def patch_mpp(
+    entry: Encoder, sdata: SpatialData, *, table_key: str, image_key: str | None = None
+) -> float | None | dict[str, float]:
     """The um/px at which ``entry`` reads ``sdata``: its ``mpp``, or one per sample from ``field_spots``.
 
     With ``field_spots``, sample ``s`` is read at ``field_spots * spot diameter (um) / patch_size``,
@@ -66,7 +69,7 @@ def patch_mpp(entry: Encoder, sdata: SpatialData, *, table_key: str) -> float | 
     """
     if entry.field_spots is None:
         return entry.mpp
-    geometries = sample_geometries(sdata, table_key=table_key)
+    geometries = sample_geometries(sdata, table_key=table_key, image_key=image_key)
     return {
         sample: entry.field_spots * geometry.spot_diameter_px * geometry.mpp / entry.patch_size
         for sample, geometry in geometries.items()
@@ -78,12 +81,28 @@ def field_key(entry: Encoder) -> tuple:
     return entry.patch_size, entry.mpp, entry.field_spots
 
 
-def field_patches(sdata: SpatialData, entries: list[Encoder], *, table_key: str) -> dict[tuple, SpotPatches]:
-    """One patch reader per distinct field of ``entries`` (by :func:`field_key`), built once each."""
+def field_patches(
+    sdata: SpatialData,
+    entries: list[Encoder],
+    *,
+    table_key: str,
+    image_key: str | None = None,
+    stain_reference: StainReference | None = None,
+) -> dict[tuple, SpotPatches]:
+    """One patch reader per distinct field of ``entries`` (by :func:`field_key`), built once each.
+
+    ``image_key`` chooses the image; ``stain_reference`` normalises the patches read (see
+    :func:`histodecon.pp.spot_patches`).
+    """
     distinct = {field_key(entry): entry for entry in entries}
     return {
         key: spot_patches(
-            sdata, size=entry.patch_size, mpp=patch_mpp(entry, sdata, table_key=table_key), table_key=table_key
+            sdata,
+            size=entry.patch_size,
+            mpp=patch_mpp(entry, sdata, table_key=table_key, image_key=image_key),
+            table_key=table_key,
+            image_key=image_key,
+            stain_reference=stain_reference,
         )
         for key, entry in distinct.items()
     }

@@ -17,10 +17,9 @@ from importlib.metadata import PackageNotFoundError, version
 import numpy as np
 import torch
 from anndata import AnnData
-from tqdm.auto import tqdm
 
 from histodecon._cost import measure_cost
-from histodecon._settings import logger, settings
+from histodecon._settings import logger, progress_bar
 from histodecon.encoders import PatchEncoder
 from histodecon.pp import SpotPatches
 
@@ -74,7 +73,7 @@ def embed_slide(
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     with (
         measure_cost(device) as cost,
-        tqdm(total=len(todo), desc=f"embed {name}", unit="patch", disable=not settings.progress) as bar,
+        progress_bar(total=len(todo), desc=f"embed {name}", unit="patch") as bar,
         torch.inference_mode(),
         torch.autocast(device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext(),
     ):
@@ -92,6 +91,7 @@ def embed_slide(
     record = {"weights": None, "weights_sha256": None} | encoder.provenance
     record |= {
         "patch_mpp": dict(patches.sample_mpp),
+        "stain_reference": patches.stain_record,
         "batch_size": batch_size,
         "device": str(device),
         "autocast": None if autocast is None else "bfloat16",

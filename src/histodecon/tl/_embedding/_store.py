@@ -40,6 +40,7 @@ _FIELDS = {
     "model": "model",
     "dim": "embedding width",
     "weights_sha256": "weights (sha256)",
+    "stain_reference": "stain reference the patches are normalised to",
 }
 
 
@@ -76,18 +77,24 @@ def spots_fingerprint(table: AnnData) -> str:
     return _sha256(json.dumps(spots_identity(table), sort_keys=True).encode())[:12]
 
 
+def pixels_sha256(patches: SpotPatches) -> str:
+    """A hash of the patches of :data:`FINGERPRINT_SPOTS` spots spread evenly over the table: the image under them."""
+    n = len(patches)
+    sampled = np.unique(np.linspace(0, n - 1, min(n, FINGERPRINT_SPOTS)).round().astype(np.intp))
+    return _sha256(np.ascontiguousarray(patches[sampled]).tobytes())
+
+
 def slide_identity(table: AnnData, patches: SpotPatches) -> dict:
-    """:func:`spots_identity` plus the patch geometry and a hash of the patches of :data:`FINGERPRINT_SPOTS` spots.
+    """:func:`spots_identity` plus the patch geometry, stain reference and a hash of :data:`FINGERPRINT_SPOTS` patches.
 
     The patches fingerprint the image content under the spots (another image with the same
     spots differs there) at the geometry the model sees.
     """
-    n = len(patches)
-    sampled = np.unique(np.linspace(0, n - 1, min(n, FINGERPRINT_SPOTS)).round().astype(np.intp))
     return spots_identity(table) | {
-        "image_sha256": _sha256(np.ascontiguousarray(patches[sampled]).tobytes()),
+        "image_sha256": pixels_sha256(patches),
         "patch_size": int(patches.size),
         "patch_mpp": [float(mpp) for mpp in np.unique(patches.mpp)],
+        "stain_reference": patches.stain_record,
     }
 
 

@@ -37,8 +37,8 @@ def model_card(record: dict, tensor_file: str, json_file: str) -> str:
         "",
         f"- Samples ({len(samples)}): {_join(samples) if samples else 'not recorded'}",
         f"- Target: {_code(provenance.get('target', 'not recorded'))}",
-        f"- Spots: {provenance.get('n_training_spots', '?')} for training, "
-        f"{provenance.get('n_validation_spots', '?')} for validation (split by {provenance.get('validation_split', '?')})",
+        f"- Spots: {provenance.get('n_training_spots', '?')}, of which {provenance.get('n_validation_spots', '?')} "
+        f"held out for early stopping (split by {provenance.get('validation_split', '?')})",
         f"- Trained: {provenance.get('date', 'date not recorded')}",
         "",
         "## Inputs: embeddings",
@@ -65,7 +65,10 @@ def model_card(record: dict, tensor_file: str, json_file: str) -> str:
         "",
         "## Validation",
         "",
-        f"Best epoch {record.get('best_epoch')} of {provenance.get('epochs', '?')}.",
+        f"Trained for {record.get('best_epoch')} epochs ({provenance['early_stopping']['strategy']}; "
+        f"{provenance.get('epochs', '?')} epochs in the folds)."
+        if "early_stopping" in provenance
+        else f"Best epoch {record.get('best_epoch')} of {provenance.get('epochs', '?')}.",
         "",
         "| score | value |",
         "| --- | --- |",

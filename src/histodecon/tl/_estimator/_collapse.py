@@ -6,12 +6,8 @@ import warnings
 from collections.abc import Mapping
 
 import numpy as np
-import torch
 
 from histodecon.metrics._scores import cc_score, l1_score
-
-from ._baselines import RidgeBaseline
-from ._network import AbundanceNetwork
 
 #: Predictions whose spread on the validation spots is below this fraction of the truth's have collapsed.
 COLLAPSE_SPREAD = 0.1
@@ -57,27 +53,12 @@ def warn_if_collapsed(scores: Mapping[str, float]) -> None:
         )
 
 
-def validation_scores(
-    network: AbundanceNetwork,
-    x: np.ndarray,
-    y: np.ndarray,
-    train_idx: np.ndarray,
-    val_idx: np.ndarray,
-    loss: float,
-    *,
-    groups: np.ndarray | None,
-    device: torch.device,
-    seed: int,
-) -> dict[str, float]:
-    """Scores of the early-stopped ``network`` on the validation spots, beside ridge fitted on the training spots."""
-    val_pred = network.predict(x[val_idx], device=device, batch_size=len(val_idx))
-    ridge = RidgeBaseline.fit(
-        x[train_idx], y[train_idx], groups=groups[train_idx] if groups is not None else None, seed=seed
-    )
+def validation_scores(truth: np.ndarray, pred: np.ndarray, ridge_pred: np.ndarray, loss: float) -> dict[str, float]:
+    """Scores of the early-stopped networks' out-of-fold predictions, beside ridge fitted on the same training spots."""
     return {
         "loss": loss,
-        "cc": cc_score(y[val_idx], val_pred),
-        "l1": l1_score(y[val_idx], val_pred),
-        "spread": spread(y[val_idx], val_pred),
-        "ridge_cc": cc_score(y[val_idx], ridge.predict(x[val_idx])),
+        "cc": cc_score(truth, pred),
+        "l1": l1_score(truth, pred),
+        "spread": spread(truth, pred),
+        "ridge_cc": cc_score(truth, ridge_pred),
     }

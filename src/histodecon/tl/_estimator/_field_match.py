@@ -54,22 +54,57 @@ def warn_on_other_fields(table: AnnData, trained: dict[str, list[float]]) -> Non
     """Warn, naming the fix, where a sample's patches differ from every training field by more than 10%."""
     for key, per_sample in embedded_fields_um(table, trained).items():
         low, high = trained[key]
-        other = {
-            sample: side
-            for sample, side in per_sample.items()
-            if not low * (1 - FIELD_TOLERANCE) <= side <= high * (1 + FIELD_TOLERANCE)
-        }
+        other = {sample: side for sample, side in per_sample.items() if not _within(side, low, high)}
         if other:
-            record = table.uns[Key.uns.root][Key.uns.embeddings][key]
-            name, size = record.get("name", key), record["patch_size"]
+            name = table.uns[Key.uns.root][Key.uns.embeddings][key].get("name", key)
             warnings.warn(
                 f"The {name!r} embeddings of sample{'s' if len(other) > 1 else ''} {_sides(other)} were taken from "
                 f"patches of another size than the model was trained on ({_range(low, high)} µm), so it sees the "
-                f"tissue at another scale. Embed again over the training field: `hd.tl.embed(sdata, [{name!r}], "
-                f"patch_size={size}, mpp={(low + high) / 2 / size:.4g}, overwrite=True)`.",
+                f"tissue at another scale. Embed again over the training field: {_embed_call(table, name, other, low, high)}.",
                 UserWarning,
                 stacklevel=3,  # the user's call of predict or predict_many
             )
+
+
+def _embed_call(table: AnnData, name: str, samples: Iterable[str], low: float, high: float) -> str:
+    """The ``hd.tl.embed`` call whose patches cover the training field on ``samples``.
+
+    The encoder's default field when it covers it there (as when the model was trained on it),
+    else the encoder's patch size at the µm/px that spans the training field.
+    """
+    from histodecon.encoders import get
+
+    record = table.uns[Key.uns.root][Key.uns.embeddings][_record_key(name)]
+    try:
+        entry = get(name)
+    except KeyError:  # an encoder registered elsewhere: the size the slide was embedded with
+        size = record["patch_size"]
+    else:
+        default = _default_sides(table, entry.patch_size, entry.mpp, entry.field_spots, samples)
+        if default and all(_within(side, low, high) for side in default):
+            return f"`hd.tl.embed(sdata, [{name!r}], overwrite=True)` (the encoder's default field)"
+        size = entry.patch_size
+    return f"`hd.tl.embed(sdata, [{name!r}], patch_size={size}, mpp={(low + high) / 2 / size:.4g}, overwrite=True)`"
+
+
+def _default_sides(
+    table: AnnData, patch_size: int, mpp: float | None, field_spots: float | None, samples: Iterable[str]
+) -> list[float]:
+    """Patch sides in µm an encoder's default field gives on ``samples`` (empty where that is unknown)."""
+    if field_spots is None:
+        return [patch_size * mpp] if mpp is not None else []
+    records = table.uns.get(Key.uns.root, {}).get(Key.uns.samples, {})
+    sides = []
+    for sample in samples:
+        record = records.get(sample, {})
+        if "spot_diameter_px" not in record or "mpp" not in record:
+            return []
+        sides.append(field_spots * float(record["spot_diameter_px"]) * float(record["mpp"]))
+    return sides
+
+
+def _within(side: float, low: float, high: float) -> bool:
+    return low * (1 - FIELD_TOLERANCE) <= side <= high * (1 + FIELD_TOLERANCE)
 
 
 def _record_key(name: str) -> str:

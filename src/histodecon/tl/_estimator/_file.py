@@ -1,7 +1,8 @@
 """The file format of a saved regressor: a safetensors file, a checksummed JSON record and a model card.
 
-Version 2 stores the loss weights as ``mae_weight`` / ``pearson_weight``; version 1 (their
-former names ``l1`` / ``l2``) is still read.
+Version 4 adds the ``calibration`` of prediction intervals (:mod:`._calibration`); version 2
+stores the loss weights as ``mae_weight`` / ``pearson_weight``; versions 1 (their former
+names ``l1`` / ``l2``) to 3 are still read, without calibration.
 
 Reading checks, in this order and before any tensor is allocated: the JSON's size, its
 schema (exact types and bounds, :mod:`._schema`), its checksum, and the tensor file's

@@ -48,11 +48,12 @@ class Hyperparameters:
     max_epochs
         Upper bound on training epochs.
     patience
-        Epochs without improvement of the validation loss before training stops.
+        Epochs without improvement of the validation loss before an early-stopping fold stops.
     validation_fraction
-        Fraction of the training groups (or spots) held out for early stopping.
+        Fraction of the training groups (or spots) each of the (up to three, disjoint)
+        early-stopping folds holds out.
     seed
-        Seed of the initialisation, the split and the minibatch order.
+        Seed of the initialisation, the folds and the minibatch order.
     target_scale
         ``"proportion"``: the network predicts a composition (a softmax: every spot's
         predictions sum to 1), what the L1 score compares; ``"abundance"``: non-negative

@@ -129,7 +129,8 @@ def _neighbourhood_mean(
     """Mean of ``block`` over the usable spots within ``radius`` um of every spot (NaN where there are none)."""
     if Key.obsm.spatial not in adata.obsm:
         raise KeyError(
-            f"`context_radius` needs spot centres in `obsm[{Key.obsm.spatial!r}]`; read the slide with `hd.io`."
+            f"`context_radius` needs spot centres in `obsm[{Key.obsm.spatial!r}]` (the obsm keys are {list(adata.obsm)}); "
+            "read the slide with `hd.io`."
         )
     mpp = float(sample_info(adata, sample)["mpp"])
     centres = np.asarray(adata.obsm[Key.obsm.spatial], dtype=np.float64)[rows, :2] * mpp

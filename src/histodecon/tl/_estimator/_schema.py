@@ -8,11 +8,14 @@ the tensor file's header against the architecture, both done before a tensor is 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
+
+from histodecon.pp._stain import STAIN_REFERENCE, reference_from_record
 
 from ._hyperparameters import ADDED_FIELDS, DEPRECATED_NAMES, Hyperparameters
 from ._inputs import LEGACY as LEGACY_INPUTS
@@ -20,10 +23,11 @@ from ._inputs import InputOptions
 from ._network import ACTIVATION, OUTPUTS
 
 FORMAT = "histodecon.AbundanceRegressor"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 #: Versions this release reads, each with the keys its ``hyperparameters`` record has (3 added
-#: ``target_scale`` and the top-level ``inputs``: per-slide feature scaling and neighbourhood radius).
-READABLE = {version: Hyperparameters.record_keys(version) for version in (1, 2, 3)}
+#: ``target_scale`` and the top-level ``inputs``: per-slide feature scaling and neighbourhood radius;
+#: 4 the top-level ``calibration`` of the prediction intervals).
+READABLE = {version: Hyperparameters.record_keys(version) for version in (1, 2, 3, 4)}
 
 #: Bounds on what a model file may ask for: far above any trained model, far below what exhausts memory.
 MAX_WIDTH = 65_536
@@ -33,6 +37,7 @@ MAX_CELL_TYPES = 10_000
 MAX_PARAMETERS = 2**28  # 1 GiB of float32 weights
 MAX_RECORD_BYTES = 64 * 2**20
 MAX_NAME_LENGTH = 1_000
+MAX_CALIBRATION_RANKS = 10_000
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TOP_LEVEL = (
@@ -75,7 +80,7 @@ def check_record(record: Any, json_path: Path) -> dict:
             "Load it with the histodecon release that saved it."
         )
     check = _Checker(json_path)
-    check.keys(record, "", (*_TOP_LEVEL, "inputs") if version >= 3 else _TOP_LEVEL)
+    check.keys(record, "", _TOP_LEVEL + ("inputs",) * (version >= 3) + ("calibration",) * (version >= 4))
     check.sha256(record["record_sha256"], "record_sha256")
     arch = check.keys(
         record["architecture"], "architecture", ("n_features", "hidden", "n_outputs", "activation", "output")
@@ -124,7 +129,12 @@ def check_record(record: Any, json_path: Path) -> dict:
             "architecture.output",
             f"is {arch['output']!r} but target_scale {target_scale!r} needs {OUTPUTS[target_scale]!r}",
         )
-    check.keys(record["provenance"], "provenance", None)
+    provenance = check.keys(record["provenance"], "provenance", None)
+    if provenance.get(STAIN_REFERENCE) is not None:
+        try:
+            reference_from_record(provenance[STAIN_REFERENCE])
+        except ValueError as error:
+            check.fail(f"provenance.{STAIN_REFERENCE}", f"is not a stain reference ({error})")
     history = check.keys(record["history"], "history", None)
     lengths = {len(check.numbers(values, f"history.{name}")) for name, values in history.items()}
     if len(lengths) > 1:
@@ -132,6 +142,8 @@ def check_record(record: Any, json_path: Path) -> dict:
     check.integer(record["best_epoch"], "best_epoch", 0, 2**31)
     for name, value in check.keys(record["validation_scores"], "validation_scores", None).items():
         check.number(value, f"validation_scores.{name}")
+    if version >= 4 and record["calibration"] is not None:
+        _check_calibration(check, record["calibration"], n_outputs)
     tensors = check.keys(record["tensors"], "tensors", ("file", "sha256"))
     check.string(tensors["file"], "tensors.file")
     check.sha256(tensors["sha256"], "tensors.sha256")
@@ -148,6 +160,30 @@ def _check_inputs(check: _Checker, record: Any) -> InputOptions:
         return InputOptions(**record)
     except ValueError as error:
         check.fail("inputs", f"holds an invalid value ({error})")
+
+
+def _check_calibration(check: _Checker, record: Any, n_outputs: int) -> None:
+    """The conformal calibration of a version-4 record, checked field by field.
+
+    Ranks increase strictly from >= 1 up to ``n_spots``; one row of finite residuals >= 0 per
+    rank, one value per cell type, non-decreasing from rank to rank (order statistics).
+    """
+    check.keys(record, "calibration", ("method", "held_out", "n_spots", "ranks", "residuals"))
+    check.string(record["method"], "calibration.method")
+    check.string(record["held_out"], "calibration.held_out")
+    n_spots = check.integer(record["n_spots"], "calibration.n_spots", 1, 2**31)
+    ranks = check.integers(record["ranks"], "calibration.ranks", 1, n_spots, max_length=MAX_CALIBRATION_RANKS)
+    if any(b <= a for a, b in zip(ranks[:-1], ranks[1:], strict=True)) or ranks[-1] != n_spots:
+        check.fail("calibration.ranks", f"must increase strictly up to `calibration.n_spots` ({n_spots})")
+    rows = check.array(record["residuals"], "calibration.residuals", max_length=len(ranks))
+    if len(rows) != len(ranks):
+        check.fail("calibration.residuals", f"must have one row per rank ({len(ranks)}), got {len(rows)}")
+    for i, row in enumerate(rows):
+        field = f"calibration.residuals[{i}]"
+        if len(check.numbers(row, field)) != n_outputs or not all(math.isfinite(v) and v >= 0 for v in row):
+            check.fail(field, f"must hold {n_outputs} finite residuals >= 0, one per cell type")
+        if i and any(b < a for a, b in zip(rows[i - 1], row, strict=True)):
+            check.fail(field, "must not be below the row before (residuals sorted by rank)")
 
 
 def _check_hyperparameters(check: _Checker, record: Any, expected: set[str], hidden: list[int]) -> None:

@@ -85,13 +85,14 @@ def slide_name(adata: AnnData) -> str:
 def embedding_names(slides: Sequence[Slide], table_key: str = Key.tables.table) -> list[str]:
     """Encoders whose embeddings ``obsm[Key.obsm.embedding(name)]`` every slide has, sorted by name."""
     prefix = Key.obsm.embedding_prefix
-    shared = None
+    shared, found = None, []
     for slide in slides:
         names = {key[len(prefix) :] for key in get_table(slide, table_key).obsm if key.startswith(prefix)}
         shared = names if shared is None else shared & names
+        found.append(sorted(names))
     if not shared:
         raise KeyError(
-            f"The slides have no embeddings `obsm['{prefix}<encoder>']` in common. Compute them with "
+            f"The slides have no embeddings `obsm['{prefix}<encoder>']` in common (each slide's: {found}). Compute them with "
             "`hd.tl.embed(sdata)` or pass `features=` the encoder names to train on."
         )
     return sorted(shared)
@@ -218,7 +219,8 @@ def spot_table(
         if groupby is not None:
             if groupby not in adata.obs:
                 raise KeyError(
-                    f"Slide {slide_name(adata)} has no `obs[{groupby!r}]` to group spots by. "
+                    f"Slide {slide_name(adata)} has no `obs[{groupby!r}]` to group spots by; its obs columns are "
+                    f"{list(adata.obs.columns)}. "
                     "Pass `groupby=` an obs column naming each spot's slide, or `groupby=None` to hold out random spots."
                 )
             groups.append(adata.obs[groupby].astype(str).to_numpy()[keep])
