@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 
-import dask
 import dask.array as da
 import numpy as np
 import pandas as pd
@@ -18,6 +16,7 @@ from histodecon._constants import Key
 from histodecon._geometry import SampleGeometry, image_pixels, sample_geometries
 from histodecon._pyramid import halve
 from histodecon._utils import check_centres, check_samples_named, check_spot_spacing, check_spots_inside, get_table
+from histodecon.pp._chunk_cache import ChunkCache
 from histodecon.pp._stain import PatchNormaliser, StainReference, as_stain_reference, patch_normaliser, stain_record
 
 #: Decoded image chunks kept between reads; bounds memory whatever the slide size.
@@ -35,36 +34,6 @@ def image_levels(element: DataArray | DataTree) -> list[DataArray]:
     else:
         levels = [element]
     return sorted(levels, key=lambda level: -level.sizes["x"] * level.sizes["y"])
-
-
-class _ChunkCache:
-    """Least-recently-used store of image chunks as ``(y, x, c)`` numpy arrays, bounded in bytes."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._chunks: OrderedDict[tuple, np.ndarray] = OrderedDict()
-        self._bytes = 0
-
-    def get_many(self, array: da.Array, keys: list[tuple[int, int]]) -> dict[tuple[int, int], np.ndarray]:
-        """Return the chunks ``(i, j)`` of ``array``, computing the missing ones together."""
-        found, missing = {}, []
-        for key in keys:
-            full_key = (array.name, *key)
-            if full_key in self._chunks:
-                self._chunks.move_to_end(full_key)
-                found[key] = self._chunks[full_key]
-            else:
-                missing.append(key)
-        blocks = dask.compute(*[array.blocks[0, i, j] for i, j in missing]) if missing else ()
-        for key, block in zip(missing, blocks, strict=True):
-            chunk = np.ascontiguousarray(np.moveaxis(np.asarray(block), 0, -1))
-            found[key] = chunk
-            self._chunks[(array.name, *key)] = chunk
-            self._bytes += chunk.nbytes
-        while self._bytes > self.max_bytes and len(self._chunks) > len(keys):
-            _, chunk = self._chunks.popitem(last=False)
-            self._bytes -= chunk.nbytes
-        return found
 
 
 class _Level:
@@ -213,7 +182,7 @@ class SpotPatches:
         self._levels: list[_Level] = []
         self._window: list[tuple[int, int]] = []  # (h, w) of the read window per level
         self._resample: list[bool] = []
-        self._cache = _ChunkCache(CACHE_BYTES)
+        self._cache = ChunkCache(CACHE_BYTES)
         self._lock = threading.Lock()
         self._stain_reference = stain_reference
         self._normalisers: list[PatchNormaliser | None] = []  # per level
@@ -331,7 +300,7 @@ class SpotPatches:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_cache"], state["_lock"] = _ChunkCache(CACHE_BYTES), None
+        state["_cache"], state["_lock"] = ChunkCache(CACHE_BYTES), None
         return state
 
     def __setstate__(self, state: dict) -> None:

@@ -151,25 +151,18 @@ def predict(
 
     result = copy_data(data) if copy else data
     adata = get_table(result, table_key) if copy else table
-    write_result(
-        adata,
-        "obsm",
-        key_added,
-        pd.DataFrame(pred, index=adata.obs_names, columns=model.cell_types),
-        overwrite=overwrite,
-    )
+    frames = {key_added: pred}
     if interval is not None:
         proportions = model.hyperparameters.target_scale == "proportion"
-        for key, values in zip(
-            bound_keys, bounds(pred, model.calibration, interval, proportions=proportions), strict=True
-        ):
-            write_result(
-                adata,
-                "obsm",
-                key,
-                pd.DataFrame(values, index=adata.obs_names, columns=model.cell_types),
-                overwrite=True,
-            )
+        frames |= zip(bound_keys, bounds(pred, model.calibration, interval, proportions=proportions), strict=True)
+    for key, values in frames.items():  # every key was checked before anything was written
+        write_result(
+            adata,
+            "obsm",
+            key,
+            pd.DataFrame(values, index=adata.obs_names, columns=model.cell_types),
+            overwrite=overwrite,
+        )
     provenance(adata).setdefault(Key.uns.predictions, {})[key_added] = {
         "features": list(model.feature_keys),
         "feature_dims": list(model.feature_dims),
